@@ -1,0 +1,9 @@
+"""ckptfix: make checkpoints fit their models, with declared, validated rules."""
+
+__version__ = "0.1.0"
+
+from .api import Options, Result, apply_file, check_file, compose_rules, diff, inspect, plan_file  # noqa: E402
+from .errors import CkptfixError, DoesNotFit, InputError, RulesError  # noqa: E402
+
+__all__ = ["Options", "Result", "apply_file", "check_file", "compose_rules", "diff", "inspect", "plan_file",
+           "CkptfixError", "DoesNotFit", "InputError", "RulesError", "__version__"]

@@ -1,0 +1,185 @@
+"""The library API. The CLI is a thin shell over these functions; pipelines call them directly.
+
+    import ckptfix
+    result = ckptfix.apply_file("seed_conv10.pt", ["configs/seed-pad-conv.yaml"], "out.pt")
+    assert result.ok and result.fits
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import layers as L
+from . import target as targets
+from .errors import CkptfixError, DoesNotFit
+from .execute import check_output, execute, output_format
+from .formats import open_checkpoint
+from .plan import Fit, Plan, count_params, fit_report, make_plan
+from .rules import RulesFile, load_rules
+
+
+@dataclass
+class Options:
+    state_key: str | None = None
+    allow_globals: tuple[str, ...] = ()
+
+    def open(self, path):
+        return open_checkpoint(path, state_key=self.state_key, allow_globals=self.allow_globals)
+
+
+def inspect(path: str | Path, opts: Options | None = None) -> dict:
+    """Tensors, layers read from their shapes, parameter counts (the ``inspect --json`` object)."""
+    opts = opts or Options()
+    with opts.open(path) as r:
+        metas = r.metas()
+        classes = r.layer_classes()
+        info = {"path": str(path), "format": r.format, **r.extras(), "warnings": r.warnings()}
+    layers = L.read_layers(metas, classes)
+    info["tensors"] = [{"name": n, "shape": list(m.shape), "dtype": m.dtype,
+                        "reads_as": L.describe_tensor(n, metas, classes)} for n, m in metas.items()]
+    info["layers"] = [{"name": ly.name, "type": ly.kind, "description": ly.describe(), "params": ly.params,
+                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in ly.attrs.items()}}
+                      for ly in layers.values()]
+    info["params"] = count_params(metas)
+    return info
+
+
+def resolve_target(spec, rules: RulesFile | None = None, kwargs: dict | None = None,
+                   opts: Options | None = None) -> targets.Target | None:
+    """The command line's target, else the rules file's."""
+    base = None
+    if spec is None and rules is not None:
+        spec, kwargs, base = rules.target, kwargs or rules.target_kwargs, rules.base_dir
+    if spec is None:
+        return None
+    opts = opts or Options()
+    return targets.resolve(spec, kwargs, base, allow_globals=opts.allow_globals)
+
+
+def diff(path: str | Path, target, *, target_kwargs: dict | None = None, opts: Options | None = None) -> Fit:
+    """What does not fit, and why, in layer terms."""
+    opts = opts or Options()
+    tgt = target if isinstance(target, targets.Target) else resolve_target(target, kwargs=target_kwargs, opts=opts)
+    with opts.open(path) as r:
+        metas = r.metas()
+    return fit_report(metas, tgt)
+
+
+def compose_rules(refs: Iterable[str | Path | RulesFile]) -> RulesFile:
+    """Several rules files applied in order; the last one naming a target wins."""
+    files = [ref if isinstance(ref, RulesFile) else load_rules(ref) for ref in refs]
+    merged = RulesFile(rules=[r for f in files for r in f.rules], source=", ".join(f.source for f in files))
+    for f in files:
+        if f.target is not None:
+            merged.target, merged.target_kwargs, merged.base_dir = f.target, f.target_kwargs, f.base_dir
+    return merged
+
+
+@dataclass
+class Result:
+    """What happened to one input (the ``apply``/``check`` JSON Lines object)."""
+
+    input: str
+    output: str | None = None
+    ok: bool = False
+    fits: bool | None = None
+    error: str | None = None
+    exit_code: int = 0
+    steps: list = field(default_factory=list)
+    params: int | None = None
+    target_params: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    plan: Plan | None = None
+    fit: Fit | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"input": self.input, "output": self.output, "ok": self.ok, "fits": self.fits,
+             "error": self.error, "steps": [s.to_json() for s in self.steps], "params": self.params,
+             "target_params": self.target_params, "warnings": self.warnings,
+             "seconds": round(self.seconds, 4)}
+        if self.fit is not None:
+            d.update(missing=self.fit.missing, unexpected=self.fit.unexpected, mismatched=self.fit.mismatched)
+        return d
+
+
+def plan_file(path: str | Path, rules: RulesFile, target=None, *, target_kwargs: dict | None = None,
+              opts: Options | None = None) -> tuple[Plan, Any]:
+    """Open ``path`` and plan ``rules`` on its metadata. Returns (plan, open reader)."""
+    opts = opts or Options()
+    tgt = target if isinstance(target, targets.Target) else resolve_target(target, rules, target_kwargs, opts)
+    reader = opts.open(path)
+    try:
+        return make_plan(reader.metas(), rules.rules, tgt), reader
+    except BaseException:
+        reader.close()
+        raise
+
+
+def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | RulesFile, out: str | Path | None = None,
+               *, target=None, target_kwargs: dict | None = None, fmt: str | None = None,
+               dry_run: bool = False, force: bool = False, shard_size: int | None = None,
+               opts: Options | None = None, raise_on_error: bool = False) -> Result:
+    """Plan, validate and (unless ``dry_run``) write one checkpoint.
+
+    Never raises for a bad input or a misfit unless ``raise_on_error``: the Result says what
+    failed (``error``) and the exit code the CLI would use.
+    """
+    t0 = time.perf_counter()
+    res = Result(input=str(path), output=str(out) if out is not None else None)
+    try:
+        rf = rules if isinstance(rules, RulesFile) else compose_rules(rules)
+        if out is None and not dry_run:
+            raise CkptfixError("no output path (give -o OUT, or --dry-run)")
+        if out is not None and not dry_run:
+            check_output([Path(path)], Path(out), force)
+        plan, reader = plan_file(path, rf, target, target_kwargs=target_kwargs, opts=opts)
+        with reader:
+            res.plan, res.steps, res.fit = plan, plan.steps, plan.fit
+            res.params = count_params(plan.metas, plan.target)
+            res.target_params = plan.target.params if plan.target else None
+            res.fits = plan.fit.fits if plan.fit else None
+            failed = [f"step {s.index} ({s.where}): {e}" for s in plan.steps for e in s.expect_errors]
+            if failed:
+                raise DoesNotFit(f"{path}: expectation failed: {failed[0]}"
+                                 + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+            if plan.fit is not None and not plan.fit.fits:
+                raise DoesNotFit(f"{path}: after the rules, the checkpoint does not fit {plan.target.description}: "
+                                 + _misfit_summary(plan.fit))
+            if not dry_run:
+                kind = output_format(Path(out), fmt, reader.format, shard_size)
+                written = execute(plan, reader, out, kind, force=force, shard_size=shard_size)
+                res.warnings += written.warnings
+            res.warnings += reader.warnings()
+        res.ok = True
+    except CkptfixError as e:
+        if raise_on_error:
+            raise
+        res.error, res.exit_code, res.ok = str(e), e.exit_code, False
+    finally:
+        res.seconds = time.perf_counter() - t0
+    return res
+
+
+def check_file(path: str | Path, target=None, rules: Iterable = (), *, target_kwargs: dict | None = None,
+               opts: Options | None = None) -> Result:
+    """Does ``path`` (after ``rules``, if any) fit ``target``? Never writes."""
+    res = apply_file(path, list(rules), None, target=target, target_kwargs=target_kwargs, dry_run=True, opts=opts)
+    if res.ok and res.fits is None:
+        res.ok, res.exit_code, res.error = False, 2, "check needs a target (--target, or a rules file with one)"
+    return res
+
+
+def _misfit_summary(fit: Fit) -> str:
+    parts = []
+    if fit.mismatched:
+        m = fit.mismatched[0]
+        parts.append(f"{len(fit.mismatched)} mismatched (e.g. {m['name']} {m['checkpoint']} vs {m['target']})")
+    if fit.missing:
+        parts.append(f"{len(fit.missing)} missing (e.g. {fit.missing[0]})")
+    if fit.unexpected:
+        parts.append(f"{len(fit.unexpected)} unexpected (e.g. {fit.unexpected[0]})")
+    return "; ".join(parts)

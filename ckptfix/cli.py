@@ -1,0 +1,287 @@
+"""The command line: parses arguments, calls the library, renders, and maps errors to exit codes
+(in ``_run``, the one place that does). Heavy imports (torch) happen only inside commands.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make checkpoints fit their models: inspect, diff, apply YAML rules, check.")
+_state = {"debug": False}
+
+
+def _err(msg: str) -> None:
+    print(f"ckptfix: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"ckptfix: warning: {msg}", file=sys.stderr)
+
+
+def _run(fn, *args, **kwargs) -> int:
+    """Call ``fn``; turn every failure into one line on stderr and an exit code."""
+    try:
+        code = fn(*args, **kwargs)
+        return EXIT_OK if code is None else code
+    except CkptfixError as e:
+        if _state["debug"]:
+            raise
+        _err(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug, or a failure mode we have not mapped yet
+        if _state["debug"]:
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        return EXIT_BAD_INPUT
+
+
+def _exit(code: int) -> None:
+    raise typer.Exit(code)
+
+
+def _emit_json(obj) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _opts(state_key, allow_global):
+    from .api import Options
+
+    return Options(state_key=state_key, allow_globals=tuple(allow_global or ()))
+
+
+def _kwargs(text: Optional[str]) -> Optional[dict]:
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"--target-kwargs: not a YAML/JSON mapping: {e}") from None
+    if not isinstance(v, dict):
+        raise UsageError("--target-kwargs must be a mapping, e.g. '{num_classes: 15}'")
+    return v
+
+
+def parse_size(text: Optional[str]) -> Optional[int]:
+    """'5GB' -> 5e9, '500MiB' -> 500*2**20, '1024' -> 1024."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text, re.I)
+    if not m:
+        raise UsageError(f"--shard-size {text!r}: give a size like 5GB, 500MB or 2GiB")
+    num, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
+    base = 1024 if binary else 1000
+    size = int(num * base ** " kmgt".index(unit or " "))
+    if size <= 0:
+        raise UsageError("--shard-size must be positive")
+    return size
+
+
+StateKey = typer.Option(None, "--state-key", help="Where the state dict sits in a container (e.g. state_dict).")
+AllowGlobal = typer.Option(None, "--allow-global", help="Admit one more pickle global (module.name); only if you trust the file.")
+TargetKw = typer.Option(None, "--target-kwargs", help="Keyword arguments for a model-factory target, as YAML: '{num_classes: 15}'.")
+Json = typer.Option(False, "--json", help="Machine-readable output (see README).")
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+         version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    _state["debug"] = debug
+    if version:
+        from . import __version__
+
+        print(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def inspect(ckpt: Path, as_json: bool = Json, state_key: Optional[str] = StateKey,
+            allow_global: Optional[List[str]] = AllowGlobal) -> None:
+    """List tensors, read layers from their shapes (Conv2d(in=3, out=10, kernel=5x5)), count params."""
+
+    def go():
+        from . import api
+        from .render import inspect_text
+
+        info = api.inspect(ckpt, _opts(state_key, allow_global))
+        if as_json:
+            _emit_json(info)
+        else:
+            print(inspect_text(info))
+    _exit(_run(go))
+
+
+@app.command()
+def diff(ckpt: Path, target: str = typer.Option(..., "--target", "-t", help="Checkpoint, module:callable, file.py:callable, layer spec."),
+         target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
+         state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+    """Say what does not fit the target, and why, in layer terms. Exit 0 if it fits, 1 if not."""
+
+    def go():
+        from . import api
+        from .render import fit_text
+
+        opts = _opts(state_key, allow_global)
+        tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
+        fit = api.diff(ckpt, tgt, opts=opts)
+        if as_json:
+            _emit_json(fit.to_json())
+        else:
+            print(fit_text(fit, str(ckpt), tgt.description))
+        return EXIT_OK if fit.fits else EXIT_DOES_NOT_FIT
+    _exit(_run(go))
+
+
+def _out_for(inp: Path, out_dir: Path, fmt: Optional[str]) -> Path:
+    name = inp.name if inp.is_file() else inp.name + ".safetensors"
+    if fmt == "safetensors" and not name.endswith(".safetensors"):
+        name = Path(name).stem + ".safetensors"
+    elif fmt == "pt" and not name.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        name = Path(name).stem + ".pt"
+    return out_dir / name
+
+
+def _report(res, as_json: bool, verb: str) -> None:
+    from .render import fit_text, steps_text
+
+    if as_json:
+        _emit_json(res.to_json())
+        return
+    if res.plan is not None and res.plan.steps:
+        print(f"{res.input}: plan")
+        print(steps_text(res.plan))
+    if res.fit is not None and res.plan is not None:
+        print(fit_text(res.fit, "result" if res.plan.steps else res.input, res.plan.target.description))
+    if res.ok:
+        if res.output and verb == "apply":
+            print(f"wrote {res.output}")
+        elif verb == "dry-run":
+            print("dry run: nothing read beyond metadata, nothing written")
+    for w in res.warnings:
+        _warn(w)
+
+
+@app.command()
+def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
+          rules: List[str] = typer.Option(..., "--rules", "-r", help="Rules file or preset name; repeat to compose."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or directory, for sharded output)."),
+          out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output directory, for several inputs."),
+          target: Optional[str] = typer.Option(None, "--target", "-t", help="Overrides the rules file's target."),
+          target_kwargs: Optional[str] = TargetKw,
+          fmt: Optional[str] = typer.Option(None, "--format", help="safetensors | pt (default: from -o's suffix, else the input's)."),
+          shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Write HF-sharded safetensors, e.g. 5GB."),
+          dry_run: bool = typer.Option(False, "--dry-run", help="Plan and validate on metadata only; read and write nothing."),
+          force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+          keep_going: bool = typer.Option(False, "--keep-going", help="With several inputs, go on after a failure."),
+          as_json: bool = Json, state_key: Optional[str] = StateKey,
+          allow_global: Optional[List[str]] = AllowGlobal) -> None:
+    """Apply rules, validating shapes and parameter counts after every step, then write atomically."""
+
+    def go():
+        from . import api
+
+        if fmt is not None and fmt not in ("safetensors", "pt"):
+            raise UsageError(f"--format {fmt!r}: choose safetensors or pt")
+        if not dry_run and (out is None) == (out_dir is None):
+            raise UsageError("give exactly one of -o OUT or --out-dir DIR (or --dry-run)")
+        if out is not None and len(ckpts) > 1:
+            raise UsageError("several inputs need --out-dir, not -o")
+        size = parse_size(shard_size)
+        composed = api.compose_rules(rules)
+        opts = _opts(state_key, allow_global)
+        tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
+        worst = EXIT_OK
+        for inp in ckpts:
+            dest = out if out is not None else (_out_for(inp, out_dir, fmt) if out_dir is not None else None)
+            if out_dir is not None and not dry_run:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            res = api.apply_file(inp, composed, dest, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
+                                 shard_size=size, opts=opts)
+            _report(res, as_json, "dry-run" if dry_run else "apply")
+            if not res.ok:
+                if not as_json:
+                    _err(res.error)
+                worst = max(worst, res.exit_code) if res.exit_code != EXIT_INTERRUPTED else res.exit_code
+                if not keep_going:
+                    break
+        return worst
+    _exit(_run(go))
+
+
+@app.command()
+def check(ckpts: List[Path] = typer.Argument(..., help="Checkpoint(s) to check."),
+          target: Optional[str] = typer.Option(None, "--target", "-t", help="What they must fit."),
+          rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules to apply (on metadata) first."),
+          target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
+          state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+    """Exit 0 when every checkpoint fits the target (after the rules, if given); 1 if any does not."""
+
+    def go():
+        from . import api
+
+        composed = api.compose_rules(rules or [])
+        opts = _opts(state_key, allow_global)
+        tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
+        if tgt is None:
+            raise UsageError("check needs --target (or a rules file with a target)")
+        worst = EXIT_OK
+        for inp in ckpts:
+            res = api.check_file(inp, tgt, [composed], opts=opts)
+            if as_json:
+                _emit_json(res.to_json())
+            else:
+                if res.fit is not None:
+                    from .render import fit_text
+
+                    print(fit_text(res.fit, str(inp), tgt.description))
+                if res.error and res.exit_code != EXIT_DOES_NOT_FIT:
+                    _err(res.error)
+            worst = max(worst, res.exit_code)
+        return worst
+    _exit(_run(go))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of rules files (for editors)."""
+    from .rules import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def presets() -> None:
+    """List the bundled rule presets (usable as -r NAME)."""
+
+    def go():
+        from .rules import load_rules, presets as found
+
+        for name, path in found().items():
+            first = ""
+            for line in path.read_text().splitlines():
+                if line.startswith("#"):
+                    first = line.lstrip("# ").strip()
+                    break
+            print(f"{name:32} {first}")
+    _exit(_run(go))
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

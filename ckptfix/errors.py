@@ -1,0 +1,79 @@
+"""One exception hierarchy; every error knows its exit code.
+
+Library code raises these; only the CLI turns them into a message on stderr and an exit code
+(see ``ckptfix.cli``). The exit codes are defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_DOES_NOT_FIT = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class CkptfixError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class InputError(CkptfixError):
+    """A checkpoint (or other input file) is missing, unreadable, corrupt or unsafe."""
+
+    def __init__(self, path: str | Path, cause: str, *, hint: str | None = None) -> None:
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{path}: {cause}", hint=hint)
+
+
+class UnsafePickleError(InputError):
+    """A pickle needs globals that are not allow-listed; ``names`` lists them."""
+
+    def __init__(self, path: str | Path, names: list[str]) -> None:
+        self.names = names
+        listed = ", ".join(names) if names else "unknown"
+        super().__init__(
+            path,
+            f"refused to unpickle: needs non-allowlisted global(s) {listed}",
+            hint="if you trust this file, pass --allow-global NAME for each",
+        )
+
+
+class RulesError(CkptfixError):
+    """The rules file is invalid (syntax, schema, a regex, an op that cannot apply)."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None,
+                 hint: str | None = None) -> None:
+        self.source = source
+        self.line = line
+        where = ""
+        if source:
+            where = f"{source}:{line}: " if line else f"{source}: "
+        super().__init__(f"{where}{message}", hint=hint)
+
+
+class TargetError(CkptfixError):
+    """The target (model factory, layer spec or checkpoint) cannot be resolved."""
+
+
+class UsageError(CkptfixError):
+    """The command line asks for something impossible (output equals input, exists, ...)."""
+
+
+class DoesNotFit(CkptfixError):
+    """The plan ran, but the result does not fit the target (or an ``expect:`` failed)."""
+
+    exit_code = EXIT_DOES_NOT_FIT

@@ -1,0 +1,185 @@
+"""The executor: reads each input tensor once, runs its planned op chain, checks the result
+against the plan, hands it to the writer and lets it go. Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import dtypes
+from .errors import CkptfixError, InputError
+from .formats.atomic import atomic_dir, atomic_file
+from .formats.base import Reader
+from .formats.safetensors_io import SafetensorsWriter, shard_groups, shard_name
+from .plan import Plan
+from .tensors import TensorMeta
+
+OUTPUT_FORMATS = ("safetensors", "safetensors-sharded", "pt")
+PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass
+class Written:
+    path: Path
+    format: str
+    tensors: int
+    bytes: int
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_format(out: Path, requested: str | None, input_format: str, shard_size: int | None) -> str:
+    """Pick the output format: --format, else --shard-size, else the suffix, else like the input."""
+    if requested:
+        if requested == "safetensors" and shard_size:
+            return "safetensors-sharded"
+        return requested
+    if shard_size or str(out).endswith("/") or out.is_dir():
+        return "safetensors-sharded"
+    if out.suffix == ".safetensors":
+        return "safetensors"
+    if out.suffix in PT_SUFFIXES:
+        return "pt"
+    if input_format in ("pt", "pt-legacy"):
+        return "pt"
+    return "safetensors"
+
+
+def _source_bytes(reader: Reader, name: str):
+    """Raw bytes of an input tensor, when the reader can give them without a tensor object."""
+    fn = getattr(reader, "shard_of", None)
+    r = fn(name) if fn else reader
+    return r.read_bytes(name) if hasattr(r, "read_bytes") else None
+
+
+class _Producer:
+    def __init__(self, plan: Plan, reader: Reader) -> None:
+        self.plan = plan
+        self.reader = reader
+
+    def tensor(self, name: str):
+        e = self.plan.entries[name]
+        ops = e.ops
+        if e.source is None:
+            t, ops = ops[0].data(None), ops[1:]
+        else:
+            t = self.reader.read(e.source)
+        for op in ops:
+            t = op.data(t)
+        self._check(name, t, e.meta)
+        return t
+
+    def raw(self, name: str):
+        """Bytes of an unchanged tensor (renamed at most), or None."""
+        e = self.plan.entries[name]
+        if e.ops or e.source is None:
+            return None
+        return _source_bytes(self.reader, e.source)
+
+    @staticmethod
+    def _check(name: str, t, meta: TensorMeta) -> None:
+        if tuple(t.shape) != meta.shape or dtypes.from_torch(t.dtype) != meta.dtype:
+            raise CkptfixError(f"internal error: {name} came out {tuple(t.shape)} {t.dtype}, "
+                               f"the plan said {meta.shape} {meta.dtype}")
+
+
+def _write_safetensors(f, prod: _Producer, metas: dict[str, TensorMeta], metadata) -> int:
+    w = SafetensorsWriter(f, metas, metadata)
+    for name in w.order:
+        raw = prod.raw(name)
+        if raw is not None:
+            w.write_raw(name, raw)
+        else:
+            w.write(name, prod.tensor(name))
+    w.finish()
+    return f.tell()
+
+
+def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: bool = False,
+            shard_size: int | None = None) -> Written:
+    out = Path(str(out).rstrip("/") or "/")
+    prod = _Producer(plan, reader)
+    metas = plan.metas
+    metadata = dict(getattr(reader, "metadata", None) or {}) or {"format": "pt"}
+    try:
+        if fmt == "safetensors":
+            with atomic_file(out) as tmp, open(tmp, "wb") as f:
+                size = _write_safetensors(f, prod, metas, metadata)
+            return Written(out, fmt, len(metas), size, [out])
+        if fmt == "safetensors-sharded":
+            groups = shard_groups(metas, shard_size or 5 * 10**9)
+            files, total = [], 0
+            with atomic_dir(out, replace=force) as tmp:
+                for i, names in enumerate(groups):
+                    fname = shard_name(i, len(groups))
+                    with open(tmp / fname, "wb") as f:
+                        total += _write_safetensors(f, prod, {n: metas[n] for n in names}, metadata)
+                    files.append(out / fname)
+                index = {"metadata": {"total_size": sum(m.nbytes for m in metas.values())},
+                         "weight_map": {n: shard_name(i, len(groups)) for i, names in enumerate(groups)
+                                        for n in sorted(names)}}
+                index["weight_map"] = dict(sorted(index["weight_map"].items()))
+                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            return Written(out, fmt, len(metas), total, files)
+        if fmt == "pt":
+            return _write_pt(plan, reader, prod, out)
+    except CkptfixError:
+        raise
+    except OSError as e:
+        raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
+    raise CkptfixError(f"unknown output format {fmt!r} (choose {', '.join(OUTPUT_FORMATS)})")
+
+
+def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written:
+    import torch
+
+    from .formats.torch_io import OPTIMIZER_KEY, TorchReader, save_pt
+
+    state = {name: prod.tensor(name) for name in plan.entries}
+    obj = state
+    warnings = []
+    if isinstance(reader, TorchReader) and reader.state_path:
+        container = reader.container
+        path = reader.state_path
+        # copy the container without its (meta) state dict, read the extras' data, then put ours in
+        def rebuild(node, keys):
+            if not keys:
+                return state
+            copy = dict(node)
+            copy[keys[0]] = None
+            copy = reader.materialize_all(copy)
+            copy[keys[0]] = rebuild(node[keys[0]], keys[1:])
+            return copy
+
+        obj = rebuild(container, path)
+        if plan.shapes_changed:
+            dropped = [k for k in obj if isinstance(k, str) and OPTIMIZER_KEY.search(k)]
+            for k in dropped:
+                del obj[k]
+            if dropped:
+                warnings.append(f"tensor shapes changed, so the optimizer state no longer matches: "
+                                f"dropped {', '.join(dropped)}")
+    with atomic_file(out) as tmp:
+        with open(tmp, "wb") as f:
+            save_pt(f, obj)
+    size = out.stat().st_size
+    del torch
+    return Written(out, "pt", len(state), size, [out], warnings)
+
+
+def check_output(inputs: list[Path], out: Path, force: bool) -> None:
+    """Refuse an output that is an input, or that exists (unless force)."""
+    from .errors import UsageError
+
+    o = out.resolve()
+    for i in inputs:
+        ir = i.resolve()
+        if o == ir or (ir.is_dir() and ir in o.parents) or (o.is_dir() and (ir == o or o in ir.parents)):
+            raise UsageError(f"{out}: output would overwrite the input {i}; choose another path")
+    if out.exists() and not force:
+        raise UsageError(f"{out}: already exists (use --force to replace it)")
+
+
+__all__ = ["execute", "output_format", "check_output", "Written", "InputError"]

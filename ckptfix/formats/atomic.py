@@ -1,0 +1,91 @@
+"""Atomic output: write beside the destination, fsync, ``os.replace``, fsync the directory.
+
+An interrupted or failed write leaves nothing at the destination. Temporary names start with
+``TMP_PREFIX`` so a later run can recognise (and clean) what a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+TMP_PREFIX = ".ckptfix-tmp-"
+
+
+def temp_path_for(dest: Path) -> Path:
+    return dest.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{dest.name}"
+
+
+def fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(p: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(dest: str | Path):
+    """Yield a temporary path; on clean exit the file there replaces ``dest`` atomically."""
+    dest = Path(dest)
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path, *, replace: bool = False):
+    """Yield a temporary directory; on clean exit it is renamed to ``dest``.
+
+    With ``replace``, an existing ``dest`` is moved aside first and removed only after the new
+    directory is in place.
+    """
+    dest = Path(dest)
+    tmp = temp_path_for(dest)
+    tmp.mkdir()
+    old = None
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            with open(child, "rb+") as f:
+                os.fsync(f.fileno())
+        fsync_dir(tmp)
+        if dest.exists():
+            if not replace:
+                raise FileExistsError(dest)
+            old = temp_path_for(dest)
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        _remove(tmp)
+        if old is not None and not dest.exists():
+            os.replace(old, dest)
+            old = None
+        raise
+    finally:
+        if old is not None:
+            _remove(old)

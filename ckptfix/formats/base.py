@@ -1,0 +1,72 @@
+"""The reader interface every checkpoint format implements.
+
+A reader lists tensor metadata without reading data (``metas``) and reads one tensor on demand
+(``read``). Planning only ever calls ``metas``; the executor calls ``read`` once per tensor.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from ..tensors import TensorMeta
+
+
+class Reader(ABC):
+    #: short format name shown by ``inspect`` ("safetensors", "pt", "keras-h5", ...)
+    format: str = "?"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @abstractmethod
+    def metas(self) -> dict[str, TensorMeta]:
+        """Name -> metadata, in the file's order. Must not read tensor data."""
+
+    @abstractmethod
+    def read(self, name: str):
+        """Return one tensor as a ``torch.Tensor`` (CPU, contiguous)."""
+
+    def layer_classes(self) -> dict[str, str]:
+        """Layer name -> class name where the file records it (Keras configs); else empty."""
+        return {}
+
+    def extras(self) -> dict[str, Any]:
+        """Format-specific information for ``inspect`` (container keys, metadata ...)."""
+        return {}
+
+    def warnings(self) -> list[str]:
+        """Things the user should know about this file (e.g. TF 'same' padding with stride 2)."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class NumpyReader(Reader):
+    """Base for readers whose natural result is a numpy array (HDF5, TF bundles, npz)."""
+
+    @abstractmethod
+    def read_array(self, name: str):
+        """Return one tensor as a numpy array."""
+
+    def read(self, name: str):
+        import numpy as np
+        import torch
+
+        # not np.ascontiguousarray alone: it turns 0-d arrays (scalars) into shape (1,)
+        arr = np.asarray(self.read_array(name))
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # bfloat16 stored raw
+            return torch.from_numpy(arr.view(np.uint16).copy()).view(torch.bfloat16)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        return torch.from_numpy(arr)

@@ -1,0 +1,210 @@
+"""NumPy ``.npz`` archives and single ``.npy`` files. Never unpickles (``allow_pickle=False``).
+
+Metadata comes from each member's ``.npy`` header alone; data is read on demand. An ``.npz``
+member ``a/b.npy`` is the tensor ``a/b``. Object arrays (which would need pickle) and
+structured dtypes are refused with an InputError.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .. import dtypes
+from ..errors import InputError
+from ..tensors import TensorMeta
+from .base import NumpyReader
+
+_ERRORS = (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile,
+           UnicodeDecodeError, SyntaxError, TypeError, RuntimeError, IndexError, MemoryError,
+           RecursionError)
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0] if s else type(e).__name__
+
+
+def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
+    """(shape, fortran_order, numpy dtype) of the .npy stream ``fp``, positioned at data."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fp)
+        elif version == (3, 0):
+            shape, fortran, dtype = _read_header_3_0(fp)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except _ERRORS as e:
+        raise InputError(path, f"{what}: invalid .npy header ({_one_line(e)})") from None
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise InputError(path, f"{what} holds Python objects (dtype {dtype}); loading it "
+                         "would need pickle, which ckptfix refuses")
+    if dtype.names is not None or dtype.subdtype is not None:
+        raise InputError(path, f"{what} has a structured dtype {dtype}, not a tensor")
+    if any(not isinstance(s, int) or s < 0 for s in shape):
+        raise InputError(path, f"{what}: invalid shape {shape}")
+    return tuple(shape), fortran, dtype
+
+
+def _read_header_3_0(fp):
+    """Version 3.0 = 2.0 with a UTF-8 header (numpy has no public reader for it)."""
+    import ast
+
+    from numpy.lib import format as npformat
+
+    raw = fp.read(4)
+    if len(raw) != 4:
+        raise EOFError("truncated header length")
+    (hlen,) = struct.unpack("<I", raw)
+    if hlen > 10000:  # numpy's own max_header_size default
+        raise ValueError(f"header of {hlen} bytes is larger than 10000")
+    header = fp.read(hlen)
+    if len(header) != hlen:
+        raise EOFError("truncated header")
+    d = ast.literal_eval(header.decode("utf-8"))  # literals only, never code
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"bad header {d!r}")
+    if not isinstance(d["shape"], tuple) or not isinstance(d["fortran_order"], bool):
+        raise ValueError(f"bad header {d!r}")
+    return d["shape"], d["fortran_order"], npformat.descr_to_dtype(d["descr"])
+
+
+def _canonical(path, what: str, dtype) -> str:
+    try:
+        return dtypes.from_numpy(dtype)
+    except KeyError:
+        raise InputError(path, f"{what} has dtype {dtype}, which ckptfix does not support") \
+            from None
+
+
+def _finish(arr, fortran: bool):
+    import numpy as np
+
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr.copy(order="C") if fortran and not arr.flags.c_contiguous else arr
+
+
+class NpzReader(NumpyReader):
+    format = "npz"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._metas: dict[str, TensorMeta] = {}
+        self._members: dict[str, str] = {}
+        self._info: dict[str, tuple] = {}
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except FileNotFoundError:
+            raise InputError(self.path, "no such file or directory") from None
+        except _ERRORS as e:
+            raise InputError(self.path, f"truncated or corrupt .npz archive "
+                             f"({_one_line(e)})") from None
+        try:
+            for info in self._zip.infolist():
+                if info.is_dir():
+                    continue
+                member = info.filename
+                name = member[: -len(".npy")] if member.endswith(".npy") else member
+                if name in self._members:
+                    raise InputError(self.path, f"duplicate member {member!r}")
+                with self._zip.open(info) as fp:
+                    shape, fortran, dtype = _read_header(fp, self.path, f"member {member!r}")
+                self._members[name] = member
+                self._info[name] = (shape, fortran, dtype)
+                self._metas[name] = TensorMeta(shape=shape,
+                                               dtype=_canonical(self.path, f"member {member!r}",
+                                                                dtype))
+        except InputError:
+            self._zip.close()
+            raise
+        except _ERRORS as e:
+            self._zip.close()
+            raise InputError(self.path, f"corrupt .npz archive ({_one_line(e)})") from None
+
+    def metas(self) -> dict[str, TensorMeta]:
+        return dict(self._metas)
+
+    def read_array(self, name: str):
+        import numpy as np
+
+        if name not in self._members:
+            raise KeyError(name)
+        member = self._members[name]
+        shape, fortran, dtype = self._info[name]
+        count = self._metas[name].numel
+        try:
+            with self._zip.open(member) as fp:
+                _read_header(fp, self.path, f"member {member!r}")
+                data = fp.read(count * dtype.itemsize)
+        except InputError:
+            raise
+        except _ERRORS as e:
+            raise InputError(self.path, f"cannot read member {member!r} "
+                             f"({_one_line(e)}): corrupt archive") from None
+        if len(data) != count * dtype.itemsize:
+            raise InputError(self.path, f"member {member!r} is truncated ({len(data)} of "
+                             f"{count * dtype.itemsize} data bytes)")
+        arr = np.frombuffer(data, dtype=dtype)
+        arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+        return _finish(arr, fortran)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class NpyReader(NumpyReader):
+    format = "npy"
+
+    def __init__(self, path: str | Path, *, name: str | None = None) -> None:
+        super().__init__(path)
+        self.name = name or self.path.name.removesuffix(".npy")
+        try:
+            with open(self.path, "rb") as fp:
+                shape, fortran, dtype = _read_header(fp, self.path, "array")
+                self._data_offset = fp.tell()
+                fp.seek(0, 2)
+                size = fp.tell()
+        except FileNotFoundError:
+            raise InputError(self.path, "no such file or directory") from None
+        except InputError:
+            raise
+        except OSError as e:
+            raise InputError(self.path, f"cannot read: {e.strerror or e}") from None
+        self._info = (shape, fortran, dtype)
+        self._meta = TensorMeta(shape=shape, dtype=_canonical(self.path, "array", dtype))
+        need = self._meta.numel * dtype.itemsize
+        if size - self._data_offset < need:
+            raise InputError(self.path, f"truncated: {size - self._data_offset} data bytes, "
+                             f"the header promises {need}")
+
+    def metas(self) -> dict[str, TensorMeta]:
+        return {self.name: self._meta}
+
+    def read_array(self, name: str):
+        import numpy as np
+
+        if name != self.name:
+            raise KeyError(name)
+        shape, fortran, dtype = self._info
+        need = self._meta.numel * dtype.itemsize
+        try:
+            with open(self.path, "rb") as fp:
+                fp.seek(self._data_offset)
+                data = fp.read(need)
+        except OSError as e:
+            raise InputError(self.path, f"cannot read: {e.strerror or e}") from None
+        if len(data) != need:
+            raise InputError(self.path, "truncated while reading")
+        arr = np.frombuffer(data, dtype=dtype)
+        arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+        return _finish(arr, fortran)

@@ -1,0 +1,284 @@
+"""PyTorch checkpoints (.pt/.pth/.bin/.ckpt): a lazy, weights_only reader and a writer.
+
+Reading never runs code from the file: ``torch.load(..., weights_only=True)`` always, and the only
+way to admit more globals is ``allow_globals`` (the CLI's ``--allow-global``), scoped with
+``torch.serialization.safe_globals``.
+
+Metadata comes from loading the pickle onto the ``meta`` device: torch then allocates nothing and
+reads no storage, but records each storage's byte offset in the zip. Before any data is read, every
+storage is checked against the zip's own records (stored uncompressed, exactly the declared size,
+inside the file), because torch would otherwise read a short or compressed record silently.
+Each tensor is then read with one ``pread`` of its storage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import struct
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .. import dtypes
+from ..errors import InputError, UnsafePickleError, UsageError
+from ..tensors import TensorMeta
+from .base import Reader
+from .safetensors_io import read_range
+
+MIN_TORCH = (2, 10)  # earlier versions have known weights_only bypasses (CVE-2025-32434, CVE-2026-24747)
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
+                   "weights", "params", "ema_state_dict")
+
+
+def _torch():
+    import torch
+
+    ver = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+    if ver < MIN_TORCH:
+        raise UsageError(f"reading pickle checkpoints needs torch >= 2.10 (have {torch.__version__}): "
+                         "earlier versions have known weights_only bypasses")
+    return torch
+
+
+def resolve_global(name: str):
+    """Import ``module.qualname`` named on the command line by ``--allow-global``."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        return obj
+    raise UsageError(f"--allow-global {name}: cannot import it (give module.name, e.g. numpy.dtype)")
+
+
+def is_state_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and len(obj) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def find_state_dict(obj, state_key: str | None, path: Path) -> tuple[str, ...]:
+    """Where the state dict sits inside a loaded container, as a key path (``()`` = top level)."""
+    if state_key:
+        if isinstance(obj, dict) and state_key in obj and is_state_dict(obj[state_key]):
+            return (state_key,)
+        node, keys = obj, []
+        for k in state_key.split("."):
+            if not isinstance(node, dict) or k not in node:
+                raise InputError(path, f"--state-key {state_key!r} not found "
+                                 f"(top-level keys: {_keys(obj)})")
+            node = node[k]
+            keys.append(k)
+        if not is_state_dict(node):
+            raise InputError(path, f"--state-key {state_key!r} is not a dict of tensors")
+        return tuple(keys)
+    if is_state_dict(obj):
+        return ()
+    if isinstance(obj, dict):
+        for k in STATE_DICT_KEYS:
+            if is_state_dict(obj.get(k)):
+                return (k,)
+        found = [k for k, v in obj.items() if is_state_dict(v)]
+        if len(found) == 1:
+            return (found[0],)
+        if found:
+            raise InputError(path, f"several state dicts in this checkpoint ({', '.join(map(str, found))})",
+                             hint="choose one with --state-key")
+    raise InputError(path, f"no state dict (a dict of tensors) found (top-level: {_keys(obj)})",
+                     hint="choose one with --state-key")
+
+
+def _keys(obj) -> str:
+    if isinstance(obj, dict):
+        ks = [str(k) for k in obj]
+        return ", ".join(ks[:8]) + (", ..." if len(ks) > 8 else "") or "empty dict"
+    return type(obj).__name__
+
+
+def get_path(obj, keys: tuple[str, ...]):
+    for k in keys:
+        obj = obj[k]
+    return obj
+
+
+def _describe_load_error(path: Path, e: Exception) -> InputError:
+    msg = str(e)
+    names = re.findall(r"GLOBAL ([\w.]+)", msg)
+    if names or "Unsupported global" in msg or "blocked" in msg:
+        unsafe = []
+        try:
+            import torch
+
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:
+            pass
+        return UnsafePickleError(path, list(dict.fromkeys(unsafe + names)))
+    if "central directory" in msg or "zip archive" in msg:
+        return InputError(path, "truncated or corrupt zip archive (no central directory)")
+    if "record size" in msg or "does not match expected size" in msg:
+        return InputError(path, "a storage record is shorter than declared (truncated or corrupt)")
+    if "Cannot use weights_only" in msg:
+        first = msg.splitlines()[0]
+        return InputError(path, f"unsupported PyTorch format: {first[:160]}")
+    if "Unsupported operand" in msg:
+        op = re.search(r"Unsupported operand (\d+)", msg)
+        return InputError(path, f"not a PyTorch checkpoint, or a pickle using an unsupported opcode "
+                          f"({op.group(0) if op else 'bad pickle'})")
+    if isinstance(e, EOFError):
+        return InputError(path, "truncated pickle (unexpected end of file)")
+    first = (msg.strip().splitlines() or [type(e).__name__])[0]
+    return InputError(path, f"cannot load PyTorch checkpoint: {type(e).__name__}: {first[:200]}")
+
+
+def _zip_records(path: Path) -> tuple[dict[int, zipfile.ZipInfo], str | None]:
+    """Data offset -> record, for every entry of the zip; and the byte order record."""
+    records: dict[int, zipfile.ZipInfo] = {}
+    byteorder = None
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise InputError(path, f"corrupt zip: bad local header for {info.filename}")
+            n, m = struct.unpack("<HH", local[26:30])
+            records[info.header_offset + 30 + n + m] = info
+            if info.filename.endswith("/byteorder"):
+                byteorder = z.read(info).decode("ascii", "replace").strip()
+    return records, byteorder
+
+
+class TorchReader(Reader):
+    format = "pt"
+
+    def __init__(self, path: str | Path, *, state_key: str | None = None,
+                 allow_globals: tuple[str, ...] = (), legacy: bool = False) -> None:
+        super().__init__(path)
+        torch = _torch()
+        self.legacy = legacy
+        if legacy:
+            self.format = "pt-legacy"
+        allowed = [resolve_global(n) for n in allow_globals]
+        try:
+            with torch.serialization.safe_globals(allowed):
+                # legacy (non-zip) files cannot be loaded lazily: they are read whole.
+                self.container = torch.load(self.path, weights_only=True,
+                                            map_location="cpu" if legacy else "meta")
+        except InputError:
+            raise
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # torch raises a zoo of types on bad files (see notes)
+            raise _describe_load_error(self.path, e) from None
+        self.state_path = find_state_dict(self.container, state_key, self.path)
+        self.state = get_path(self.container, self.state_path)
+        self._metas: dict[str, TensorMeta] = {}
+        for name, t in self.state.items():
+            try:
+                self._metas[name] = TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype))
+            except KeyError:
+                raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
+        if not legacy:
+            self._check_storages()
+
+    def _check_storages(self) -> None:
+        import os
+
+        try:
+            records, byteorder = _zip_records(self.path)
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise InputError(self.path, f"corrupt zip archive ({e})") from None
+        if byteorder not in (None, "little"):
+            raise InputError(self.path, f"byte order {byteorder!r} is not supported")
+        size = os.path.getsize(self.path)
+        for name, t in self._walk_tensors(self.container):
+            st = t.untyped_storage()
+            nbytes = st.nbytes()
+            if nbytes == 0:
+                continue
+            off = getattr(st, "_checkpoint_offset", None)
+            info = records.get(off)
+            if off is None or info is None:
+                raise InputError(self.path, f"tensor {name}: storage offset does not match any zip record")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise InputError(self.path, f"tensor {name}: storage record {info.filename} is compressed "
+                                 "(torch would read it as raw bytes: wrong values)")
+            if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
+                raise InputError(self.path, f"tensor {name}: storage record {info.filename} holds "
+                                 f"{info.file_size} bytes, expected {nbytes} (truncated or corrupt)")
+
+    @staticmethod
+    def _walk_tensors(obj, prefix: str = ""):
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            yield prefix or "<root>", obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from TorchReader._walk_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                yield from TorchReader._walk_tensors(v, f"{prefix}[{i}]")
+
+    def metas(self) -> dict[str, TensorMeta]:
+        return dict(self._metas)
+
+    def materialize(self, t):
+        """Read the data behind one meta tensor of this file."""
+        import torch
+
+        if self.legacy or t.device.type != "meta":
+            return t.detach().clone() if self.legacy else t
+        if t.numel() == 0:
+            return torch.empty(t.shape, dtype=t.dtype)
+        st = t.untyped_storage()
+        off = st._checkpoint_offset
+        buf = read_range(self.path, off, off + st.nbytes())
+        flat = torch.frombuffer(buf, dtype=t.dtype)
+        return flat.as_strided(t.shape, t.stride(), t.storage_offset()).contiguous()
+
+    def read(self, name: str):
+        return self.materialize(self.state[name])
+
+    def container_without_state(self) -> tuple[Any, tuple[str, ...]]:
+        """The loaded container and where its state dict sits (for writers that keep extras)."""
+        return self.container, self.state_path
+
+    def materialize_all(self, obj):
+        """A copy of ``obj`` with every meta tensor replaced by its data (for the extras)."""
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return self.materialize(obj)
+        if isinstance(obj, dict):
+            out = type(obj)() if type(obj) is not dict else {}
+            for k, v in obj.items():
+                out[k] = self.materialize_all(v)
+            return out
+        if isinstance(obj, list):
+            return [self.materialize_all(v) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(self.materialize_all(v) for v in obj)
+        return obj
+
+    def extras(self):
+        if self.state_path:
+            others = [k for k in self.container if k != self.state_path[0]]
+            return {"state_key": ".".join(self.state_path), "container_keys": others}
+        return {}
+
+
+OPTIMIZER_KEY = re.compile(r"optim|lr_scheduler", re.I)
+
+
+def save_pt(f, obj) -> None:
+    import torch
+
+    torch.save(obj, f)

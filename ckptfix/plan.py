@@ -1,0 +1,384 @@
+"""The planner: folds the rules over tensor metadata, one rule at a time, and validates after
+each step. No tensor data is read here; a plan that cannot succeed fails before anything is read
+or written.
+
+After every rule the step records what changed, checks each touched tensor's shape and each
+touched layer's parameter count against the target, the total parameter count, and the rule's
+own ``expect:``. The final state is compared with the target (missing, unexpected, mismatched).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from . import layers as L
+from . import layouts
+from .errors import RulesError
+from .rules.ops import Cast, Constant, Depthwise, Op, OpError, Pad, Slice, Transpose, tensor_seed
+from .rules.schema import Rule
+from .target import Target
+from .tensors import TensorMeta, fmt_shape
+
+
+@dataclass
+class Entry:
+    source: str | None            # input tensor name; None for a tensor the rules create
+    meta: TensorMeta              # after the ops
+    ops: list[Op] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    index: int
+    rule: str                     # op name
+    summary: str                  # e.g. "pad axis 0 to 15 (zeros)"
+    where: str                    # file:line
+    changes: list[str] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)
+    tensors: int = 0
+    params: int = 0
+    fit_target: int = 0           # touched tensors whose shape now equals the target's
+    off_target: list[str] = field(default_factory=list)   # touched, in the target, shape differs
+    not_in_target: list[str] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)      # {layer, params, target_params, ok}
+    expect_errors: list[str] = field(default_factory=list)
+    expect_checked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.expect_errors
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "rule": self.rule, "summary": self.summary, "where": self.where,
+                "changes": self.changes, "touched": len(self.touched), "tensors": self.tensors,
+                "params": self.params, "fit_target": self.fit_target, "off_target": self.off_target,
+                "not_in_target": self.not_in_target, "layers": self.layers,
+                "expect_checked": self.expect_checked, "expect_errors": self.expect_errors, "ok": self.ok}
+
+
+@dataclass
+class Fit:
+    fits: bool
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[dict]        # {name, checkpoint, target, hint}
+    params: int
+    target_params: int
+    notes: list[str] = field(default_factory=list)   # e.g. dtype differences (load_state_dict casts)
+
+    def to_json(self) -> dict:
+        return {"fits": self.fits, "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": self.mismatched, "params": self.params, "target_params": self.target_params,
+                "notes": self.notes}
+
+
+@dataclass
+class Plan:
+    inputs: dict[str, TensorMeta]
+    entries: dict[str, Entry]
+    steps: list[Step]
+    target: Target | None
+    fit: Fit | None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps) and (self.fit is None or self.fit.fits)
+
+    @property
+    def metas(self) -> dict[str, TensorMeta]:
+        return {n: e.meta for n, e in self.entries.items()}
+
+    @property
+    def shapes_changed(self) -> bool:
+        return any(e.source is None or self.inputs[e.source].shape != e.meta.shape
+                   for e in self.entries.values())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_buffer(name: str, target: Target | None) -> bool:
+    layer, var = L.split_key(name)
+    if target is not None and name in target.tensors:
+        ly = target.layers.get(layer)
+        if ly is not None:
+            return var in ly.buffers
+    return var in L.BUFFER_NAMES
+
+
+def count_params(metas: dict[str, TensorMeta], target: Target | None = None) -> int:
+    return sum(m.numel for n, m in metas.items() if not _is_buffer(n, target))
+
+
+def _patterns(keys) -> list[re.Pattern]:
+    return [re.compile(k) for k in ([keys] if isinstance(keys, str) else keys)]
+
+
+def _close(word: str, names) -> str:
+    m = difflib.get_close_matches(word, list(names), n=3, cutoff=0.3)
+    return f"closest keys: {', '.join(m)}" if m else f"keys look like: {', '.join(list(names)[:3])}"
+
+
+class _Planner:
+    def __init__(self, metas: dict[str, TensorMeta], target: Target | None) -> None:
+        self.inputs = metas
+        self.entries: dict[str, Entry] = {n: Entry(n, m) for n, m in metas.items()}
+        self.target = target
+
+    # -- helpers ---------------------------------------------------------------------------
+    def err(self, rule: Rule, msg: str, hint: str | None = None) -> RulesError:
+        return RulesError(f"rule {rule.index} ({rule.op}): {msg}", source=rule.source, line=rule.line, hint=hint)
+
+    def select(self, rule: Rule, keys, *, required: bool = True) -> list[str]:
+        if keys is None:
+            return list(self.entries)
+        pats = _patterns(keys)
+        hit = [n for n in self.entries if any(p.search(n) for p in pats)]
+        if not hit and required:
+            shown = keys if isinstance(keys, str) else ", ".join(keys)
+            raise self.err(rule, f"keys {shown!r} match no tensor", _close(str(shown), self.entries))
+        return hit
+
+    def apply_renames(self, rule: Rule, mapping: dict[str, str]) -> list[str]:
+        """Rename old -> new (others kept, order kept); refuse collisions."""
+        seen: dict[str, str] = {}
+        for old in self.entries:
+            new = mapping.get(old, old)
+            if not new:
+                raise self.err(rule, f"renaming {old!r} gives an empty name")
+            if new in seen:
+                raise self.err(rule, f"{seen[new]!r} and {old!r} would both be named {new!r}")
+            seen[new] = old
+        self.entries = {mapping.get(o, o): e for o, e in self.entries.items()}
+        return [f"{o} -> {n}" for o, n in mapping.items() if o != n]
+
+    # -- one rule --------------------------------------------------------------------------
+    def run(self, rule: Rule) -> tuple[list[str], list[str], str]:
+        """Apply ``rule``; return (changes, touched names after the rule, summary)."""
+        s = rule.spec
+        op = rule.op
+        if op == "rename":
+            mapping = self._rename_map(rule)
+            return self.apply_renames(rule, mapping), list(mapping.values()), \
+                (f"rename {s.pattern!r} -> {s.replace!r}" if s.map is None else f"rename map ({len(s.map)} entries)")
+        if op == "strip_prefix":
+            names = [n for n in self.select(rule, s.keys) if n.startswith(s.prefix)]
+            if not names:
+                raise self.err(rule, f"no key starts with {s.prefix!r}", _close(s.prefix, self.entries))
+            mapping = {n: n[len(s.prefix):] for n in names}
+            return self.apply_renames(rule, mapping), list(mapping.values()), f"strip prefix {s.prefix!r}"
+        if op == "add_prefix":
+            mapping = {n: s.prefix + n for n in self.select(rule, s.keys)}
+            return self.apply_renames(rule, mapping), list(mapping.values()), f"add prefix {s.prefix!r}"
+        if op in ("drop", "keep"):
+            hit = set(self.select(rule, s.keys))
+            gone = [n for n in self.entries if (n in hit) == (op == "drop")]
+            if op == "keep" and not hit:
+                raise self.err(rule, "keeps nothing")
+            for n in gone:
+                del self.entries[n]
+            return [f"dropped {n}" for n in gone], [], f"{op} {s.keys!r}"
+        if op == "add":
+            if s.key in self.entries:
+                raise self.err(rule, f"tensor {s.key!r} already exists")
+            gen = Constant(TensorMeta(tuple(s.shape), s.dtype), s.value)
+            self.entries[s.key] = Entry(None, gen.shape(), [gen])
+            return [f"added {s.key} {fmt_shape(s.shape)} {s.dtype} = {s.value:g}"], [s.key], f"add {s.key}"
+        # tensor ops
+        names = self.select(rule, s.keys, required=not (op == "cast" and s.keys is None))
+        if op == "pad" and s.fill == "default":
+            names.sort(key=lambda n: self.entries[n].meta.rank < 2)  # weights first: biases need their fan_in
+        changes = []
+        summary = ""
+        for n in names:
+            e = self.entries[n]
+            bound = self._bind(rule, n, e.meta)
+            if bound is None:
+                continue
+            try:
+                new = bound.shape(e.meta)
+            except OpError as ex:
+                raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
+            summary = bound.describe()
+            if new != e.meta:
+                changes.append(f"{n} {fmt_shape(e.meta.shape)}{'' if new.dtype == e.meta.dtype else ' ' + e.meta.dtype}"
+                               f" -> {fmt_shape(new.shape)}{'' if new.dtype == e.meta.dtype else ' ' + new.dtype}")
+            e.ops.append(bound)
+            e.meta = new
+        return changes, names, summary or op
+
+    def _rename_map(self, rule: Rule) -> dict[str, str]:
+        s = rule.spec
+        if s.map is None:
+            pat = re.compile(s.pattern)
+            mapping = {n: pat.sub(s.replace, n) for n in self.entries if pat.search(n)}
+            if not mapping:
+                raise self.err(rule, f"pattern {s.pattern!r} matches no key", _close(s.pattern, self.entries))
+            return mapping
+        mapping: dict[str, str] = {}
+        for src, dst in s.map.items():
+            if "{" in src:
+                rx, names = _template(src)
+                missing = set(re.findall(r"\{(\w+)\}", dst)) - set(names)
+                if missing:
+                    raise self.err(rule, f"map {src!r} -> {dst!r}: placeholder {{{missing.pop()}}} is not in the source")
+                hit = {n: dst.format(**m.groupdict()) for n in self.entries if (m := rx.fullmatch(n))}
+            else:
+                hit = {src: dst} if src in self.entries else {}
+            if not hit:
+                raise self.err(rule, f"map entry {src!r} matches no key", _close(src, self.entries))
+            for n in hit:
+                if n in mapping:
+                    raise self.err(rule, f"key {n!r} is matched by two map entries")
+            mapping.update(hit)
+        return mapping
+
+    def _bind(self, rule: Rule, name: str, meta: TensorMeta) -> Op | None:
+        s = rule.spec
+        if rule.op == "transpose":
+            if s.layout == layouts.DEPTHWISE:
+                return Depthwise()
+            if s.layout is not None:
+                return Transpose(layouts.parse(s.layout), s.layout)
+            return Transpose(tuple(s.perm))
+        if rule.op == "slice":
+            return Slice(s.axis, s.start, s.stop, s.step, tuple(s.index) if s.index is not None else None)
+        if rule.op == "cast":
+            from . import dtypes
+
+            if not dtypes.get(meta.dtype).floating:
+                if s.keys is None:
+                    return None  # "cast everything" leaves integer tensors alone
+                raise self.err(rule, f"{name} is {meta.dtype}; only floating-point tensors can be cast")
+            return Cast(s.dtype)
+        if rule.op == "pad":
+            fan = None
+            if s.fill == "default":
+                fan = self._fan_in(rule, name, meta)
+            return Pad(s.axis, s.size, s.fill, s.value or 0.0, s.std if s.std is not None else 0.02,
+                       tensor_seed(s.seed, name), fan)
+        raise AssertionError(rule.op)
+
+    def _fan_in(self, rule: Rule, name: str, meta: TensorMeta) -> int:
+        if meta.rank >= 2:
+            shape = list(meta.shape)
+            ax = rule.spec.axis % meta.rank
+            shape[ax] = rule.spec.size
+            return L.fan_in(tuple(shape))
+        layer, _ = L.split_key(name)
+        for wname in ("weight", "kernel"):
+            w = self.entries.get(L.join_key(layer, wname)) or self.entries.get(L.join_key(layer, wname, "/"))
+            if w is not None and w.meta.rank >= 2:
+                return L.fan_in(w.meta.shape)
+        raise self.err(rule, f"{name}: fill 'default' needs the layer's weight to compute fan_in "
+                       "(none found beside it)")
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self, step: Step, rule: Rule) -> None:
+        metas = {n: e.meta for n, e in self.entries.items()}
+        step.tensors = len(metas)
+        step.params = count_params(metas, self.target)
+        t = self.target
+        if t is not None:
+            for n in step.touched:
+                if n not in metas:
+                    continue
+                if n not in t.tensors:
+                    step.not_in_target.append(n)
+                elif t.tensors[n].shape == metas[n].shape:
+                    step.fit_target += 1
+                else:
+                    step.off_target.append(f"{n} {fmt_shape(metas[n].shape)} (target {fmt_shape(t.tensors[n].shape)})")
+            for layer in dict.fromkeys(L.layer_of(n) for n in step.touched):
+                tl = t.layers.get(layer)
+                if tl is None:
+                    continue
+                have = sum(m.numel for n, m in metas.items()
+                           if L.layer_of(n) == layer and L.split_key(n)[1] not in tl.buffers)
+                step.layers.append({"layer": layer or "(root)", "params": have, "target_params": tl.params,
+                                    "ok": have == tl.params})
+        ex = rule.expect
+        if ex is None:
+            return
+        step.expect_checked = True
+        for n, shape in (ex.shapes or {}).items():
+            if n not in metas:
+                step.expect_errors.append(f"expected tensor {n} {fmt_shape(shape)}, but there is no such tensor")
+            elif list(metas[n].shape) != list(shape):
+                step.expect_errors.append(f"expected {n} {fmt_shape(shape)}, got {fmt_shape(metas[n].shape)}")
+        if ex.params is not None and ex.params != step.params:
+            step.expect_errors.append(f"expected {ex.params} params, got {step.params}")
+        if ex.tensors is not None and ex.tensors != step.tensors:
+            step.expect_errors.append(f"expected {ex.tensors} tensors, got {step.tensors}")
+        for layer, want in (ex.layer_params or {}).items():
+            have = sum(m.numel for n, m in metas.items() if L.layer_of(n) == layer and not _is_buffer(n, t))
+            if have != want:
+                step.expect_errors.append(f"expected layer {layer} to hold {want} params, got {have}")
+
+
+def fit_report(metas: dict[str, TensorMeta], target: Target) -> Fit:
+    missing = [n for n in target.tensors if n not in metas]
+    unexpected = [n for n in metas if n not in target.tensors]
+    mismatched, notes = [], []
+    for n, m in metas.items():
+        t = target.tensors.get(n)
+        if t is None:
+            continue
+        if t.shape != m.shape:
+            mismatched.append({"name": n, "checkpoint": list(m.shape), "target": list(t.shape),
+                               "hint": mismatch_hint(n, m, t, metas, target)})
+        elif t.dtype != m.dtype:
+            notes.append(f"{n}: {m.dtype} in the checkpoint, {t.dtype} in the target (load_state_dict casts)")
+    return Fit(fits=not (missing or unexpected or mismatched), missing=missing, unexpected=unexpected,
+               mismatched=mismatched, params=count_params(metas, target), target_params=target.params,
+               notes=notes)
+
+
+def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: Target) -> str:
+    """Explain one shape mismatch in layer terms."""
+    layer, _ = L.split_key(name)
+    tl = target.layers.get(layer)
+    local = {L.split_key(n)[1]: m for n, m in metas.items() if L.layer_of(n) == layer}
+    ours = L.infer_layer(layer, local, tl.kind if tl else None)
+    parts = []
+    if tl is not None and ours.attrs and tl.attrs:
+        diff = L.differences(ours, tl)
+        parts.append(f"{ours.describe()} vs {tl.describe()}")
+        if diff:
+            parts.append("; ".join(diff))
+        parts.append(f"{ours.params} vs {tl.params} params")
+    if sorted(have.shape) == sorted(want.shape) and have.shape != want.shape:
+        parts.append("same sizes in another order: a layout difference (transpose)?")
+    return "; ".join(parts) if parts else f"{fmt_shape(have.shape)} vs {fmt_shape(want.shape)}"
+
+
+def make_plan(metas: dict[str, TensorMeta], rules: list[Rule], target: Target | None = None) -> Plan:
+    """Fold ``rules`` over ``metas``. Raises RulesError when a rule cannot apply."""
+    p = _Planner(metas, target)
+    steps = []
+    for rule in rules:
+        changes, touched, summary = p.run(rule)
+        step = Step(index=len(steps) + 1, rule=rule.op, summary=summary, where=rule.where(),
+                    changes=changes, touched=[n for n in touched if n in p.entries])
+        p.validate(step, rule)
+        steps.append(step)
+    final = {n: e.meta for n, e in p.entries.items()}
+    fit = fit_report(final, target) if target is not None else None
+    return Plan(inputs=dict(metas), entries=p.entries, steps=steps, target=target, fit=fit)
+
+
+def _template(src: str) -> tuple[re.Pattern, list[str]]:
+    """``'layers/{n}/w'`` -> a regex with one named group per placeholder (one path segment)."""
+    names: list[str] = []
+    out = ""
+    for lit, name in re.findall(r"([^{]*)(?:\{(\w+)\})?", src):
+        out += re.escape(lit)
+        if name:
+            if name in names:
+                out += f"(?P={name})"
+            else:
+                names.append(name)
+                out += f"(?P<{name}>[^./]+)"
+    return re.compile(out), names

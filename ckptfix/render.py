@@ -1,0 +1,95 @@
+"""Human-readable text for the CLI (plain aligned text: readable in a terminal, a log or a pipe)."""
+
+from __future__ import annotations
+
+from .plan import Fit, Plan
+from .tensors import fmt_shape
+
+
+def _table(rows: list[list[str]], header: list[str] | None = None, indent: str = "  ") -> str:
+    allrows = ([header] if header else []) + rows
+    if not allrows:
+        return ""
+    widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]
+    lines = []
+    for r in allrows:
+        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def human_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def inspect_text(info: dict) -> str:
+    out = [f"{info['path']}: {info['format']}, {len(info['tensors'])} tensors, "
+           f"{human_count(info['params'])} params"]
+    if info.get("state_key"):
+        out.append(f"state dict at {info['state_key']!r}; other entries: {', '.join(map(str, info.get('container_keys', [])))}")
+    rows = []
+    for t in info["tensors"]:
+        rows.append([t["name"], fmt_shape(t["shape"]), "-> " + t["reads_as"] if t["reads_as"] else "", t["dtype"]])
+    out.append(_table(rows))
+    out.append("layers:")
+    rows = [[ly["name"] or "(root)", ly["description"], human_count(ly["params"])] for ly in info["layers"]]
+    out.append(_table(rows, ["layer", "reads as", "params"]))
+    out.append(f"total params: {human_count(info['params'])}")
+    for w in info.get("warnings", []):
+        out.append(f"warning: {w}")
+    return "\n".join(out)
+
+
+def fit_text(fit: Fit, what: str, target_desc: str) -> str:
+    out = []
+    if fit.fits:
+        out.append(f"{what} fits {target_desc} ({human_count(fit.params)} params)")
+    else:
+        out.append(f"{what} does not fit {target_desc}: {len(fit.mismatched)} mismatched, "
+                   f"{len(fit.missing)} missing, {len(fit.unexpected)} unexpected")
+    for m in fit.mismatched:
+        out.append(f"  {m['name']}: {fmt_shape(m['checkpoint'])} vs target {fmt_shape(m['target'])}")
+        if m["hint"]:
+            out.append(f"      {m['hint']}")
+    if fit.missing:
+        out.append("  missing (in the target, not in the checkpoint): " + _names(fit.missing))
+    if fit.unexpected:
+        out.append("  unexpected (in the checkpoint, not in the target): " + _names(fit.unexpected))
+    out.append(f"  params: {human_count(fit.params)} vs target {human_count(fit.target_params)}")
+    for n in fit.notes:
+        out.append(f"  note: {n}")
+    return "\n".join(out)
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    s = ", ".join(names[:limit])
+    return s + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def steps_text(plan: Plan) -> str:
+    rows = []
+    for s in plan.steps:
+        changes = "; ".join(s.changes[:3]) + (f"; ... ({len(s.changes)} in all)" if len(s.changes) > 3 else "")
+        if plan.target is not None:
+            checks = [f"{s.fit_target}/{len(s.touched)} fit target"] if s.touched else []
+            bad_layers = [f"{ly['layer']} {ly['params']}/{ly['target_params']} params" for ly in s.layers if not ly["ok"]]
+            ok_layers = [ly for ly in s.layers if ly["ok"]]
+            if ok_layers:
+                checks.append(f"{len(ok_layers)} layer(s) match target params")
+            if bad_layers:
+                checks.append("layer params differ: " + ", ".join(bad_layers[:2]))
+        else:
+            checks = []
+        checks += [f"EXPECT FAILED: {e}" for e in s.expect_errors]
+        if s.expect_checked and not s.expect_errors:
+            checks.append("expect ok")
+        rows.append([str(s.index), s.summary, s.where, changes or "-", human_count(s.params), "; ".join(checks) or "-"])
+    return _table(rows, ["#", "rule", "where", "changes", "params", "checks"])
+

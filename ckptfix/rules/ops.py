@@ -1,0 +1,239 @@
+"""Tensor ops. Each op has two faces defined side by side: ``shape`` (TensorMeta -> TensorMeta),
+used by the planner, and ``data`` (Tensor -> Tensor), used by the executor. A property test checks
+that they agree for every op. Ops are bound: every parameter (axis, fill, seed, fan-in) is resolved
+at plan time, so the executor only runs them.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+from .. import dtypes, layouts
+from ..tensors import TensorMeta, fmt_shape
+
+
+class OpError(ValueError):
+    """An op cannot apply to a tensor of this shape/dtype (the planner adds rule and key)."""
+
+
+def _axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < rank:
+        raise OpError(f"axis {axis} is out of range for a rank-{rank} tensor")
+    return axis % rank
+
+
+class Op:
+    def shape(self, meta: TensorMeta) -> TensorMeta:
+        raise NotImplementedError
+
+    def data(self, t):
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Transpose(Op):
+    perm: tuple[int, ...]
+    label: str = ""
+
+    def shape(self, meta):
+        if meta.rank != len(self.perm):
+            what = f"layout {self.label}" if self.label else f"perm {list(self.perm)}"
+            raise OpError(f"{what} needs a rank-{len(self.perm)} tensor, got {fmt_shape(meta.shape)}")
+        return meta.with_shape(meta.shape[i] for i in self.perm)
+
+    def data(self, t):
+        return t.permute(*self.perm).contiguous()
+
+    def describe(self):
+        return f"transpose {self.label or list(self.perm)}"
+
+
+@dataclass(frozen=True)
+class Depthwise(Op):
+    """Keras DepthwiseConv2D kernel (kh, kw, C, M) -> Conv2d(groups=C) weight (C*M, 1, kh, kw)."""
+
+    def shape(self, meta):
+        if meta.rank != 4:
+            raise OpError(f"layout {layouts.DEPTHWISE} needs a rank-4 kernel, got {fmt_shape(meta.shape)}")
+        kh, kw, c, m = meta.shape
+        return meta.with_shape((c * m, 1, kh, kw))
+
+    def data(self, t):
+        kh, kw, c, m = t.shape
+        return t.permute(2, 3, 0, 1).reshape(c * m, 1, kh, kw).contiguous()
+
+    def describe(self):
+        return f"transpose {layouts.DEPTHWISE}"
+
+
+@dataclass(frozen=True)
+class Slice(Op):
+    axis: int
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+    index: tuple[int, ...] | None = None
+
+    def _indices(self, n: int) -> range | tuple[int, ...]:
+        if self.index is not None:
+            bad = [i for i in self.index if not -n <= i < n]
+            if bad:
+                raise OpError(f"index {bad[0]} is out of range for an axis of size {n}")
+            return tuple(i % n for i in self.index)
+        for v in (self.start, self.stop):
+            if v is not None and not -n <= v <= n:
+                raise OpError(f"slice {self.start}:{self.stop} is out of range for an axis of size {n}")
+        if self.step is not None and self.step <= 0:
+            raise OpError("slice step must be positive")
+        r = range(n)[slice(self.start, self.stop, self.step)]
+        if len(r) == 0:
+            raise OpError(f"slice {self.start}:{self.stop} of an axis of size {n} is empty")
+        return r
+
+    def shape(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        shape = list(meta.shape)
+        shape[ax] = len(self._indices(shape[ax]))
+        return meta.with_shape(shape)
+
+    def data(self, t):
+        import torch
+
+        ax = self.axis % t.dim()
+        idx = self._indices(t.shape[ax])
+        if isinstance(idx, range):
+            return t.narrow(ax, idx.start, len(idx)) if idx.step == 1 else \
+                t.index_select(ax, torch.tensor(list(idx)))
+        return t.index_select(ax, torch.tensor(idx, dtype=torch.long))
+
+    def describe(self):
+        if self.index is not None:
+            return f"slice axis {self.axis} index {list(self.index)}"
+        s = f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
+        return f"slice axis {self.axis} [{s}{'' if self.step is None else ':' + str(self.step)}]"
+
+
+FILLS = ("zeros", "constant", "normal", "default", "mean", "repeat")
+
+
+def tensor_seed(seed: int, key: str) -> int:
+    """A per-tensor seed: reproducible, and different tensors get different draws."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
+
+
+@dataclass(frozen=True)
+class Pad(Op):
+    """Grow ``axis`` to ``size``; the new slots are filled as ``fill`` says.
+
+    default: what PyTorch's reset_parameters draws for a new layer of the padded shape:
+    uniform(-b, b) with b = 1/sqrt(fan_in) (kaiming_uniform(a=sqrt(5)) for weights, the same bound
+    for biases, fan_in taken from the layer's weight). mean: the mean of the existing slices along
+    ``axis``. repeat: existing slices cycled (0, 1, ..., 0, 1, ...).
+    """
+
+    axis: int
+    size: int
+    fill: str = "zeros"
+    value: float = 0.0
+    std: float = 0.02
+    seed: int = 0
+    fan_in: int | None = None
+
+    def shape(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        n = meta.shape[ax]
+        if self.size < n:
+            raise OpError(f"cannot pad axis {self.axis} from {n} to smaller size {self.size} (use slice)")
+        if self.fill in ("normal", "default", "mean") and not dtypes.get(meta.dtype).floating:
+            raise OpError(f"fill {self.fill!r} needs a floating-point tensor, got {meta.dtype}")
+        if self.fill in ("mean", "repeat") and n == 0:
+            raise OpError(f"fill {self.fill!r} needs existing slices along axis {self.axis}")
+        shape = list(meta.shape)
+        shape[ax] = self.size
+        return meta.with_shape(shape)
+
+    def data(self, t):
+        import torch
+
+        ax = self.axis % t.dim()
+        n = t.shape[ax]
+        extra = self.size - n
+        if extra == 0:
+            return t
+        shape = list(t.shape)
+        shape[ax] = extra
+        if self.fill == "zeros":
+            new = torch.zeros(shape, dtype=t.dtype)
+        elif self.fill == "constant":
+            new = torch.full(shape, self.value, dtype=t.dtype)
+        elif self.fill == "repeat":
+            idx = torch.arange(extra) % n
+            new = t.index_select(ax, idx)
+        elif self.fill == "mean":
+            new = t.float().mean(dim=ax, keepdim=True).expand(shape).to(t.dtype)
+        else:
+            g = torch.Generator().manual_seed(self.seed)
+            if self.fill == "normal":
+                new = (torch.randn(shape, generator=g, dtype=torch.float32) * self.std).to(t.dtype)
+            else:  # default
+                bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in else 0.0
+                new = ((torch.rand(shape, generator=g, dtype=torch.float32) * 2 - 1) * bound).to(t.dtype)
+        return torch.cat([t, new], dim=ax)
+
+    def describe(self):
+        extra = {"constant": f" {self.value}", "normal": f" std={self.std}"}.get(self.fill, "")
+        return f"pad axis {self.axis} to {self.size} ({self.fill}{extra})"
+
+
+@dataclass(frozen=True)
+class Cast(Op):
+    dtype: str
+
+    def shape(self, meta):
+        return meta.with_dtype(self.dtype)
+
+    def data(self, t):
+        return t.to(dtypes.torch_dtype(self.dtype))
+
+    def describe(self):
+        return f"cast {self.dtype}"
+
+
+@dataclass(frozen=True)
+class Reshape(Op):
+    to: tuple[int, ...]
+
+    def shape(self, meta):
+        if math.prod(self.to) != meta.numel:
+            raise OpError(f"cannot reshape {fmt_shape(meta.shape)} ({meta.numel} elements) to {fmt_shape(self.to)}")
+        return meta.with_shape(self.to)
+
+    def data(self, t):
+        return t.reshape(self.to).contiguous()
+
+    def describe(self):
+        return f"reshape {fmt_shape(self.to)}"
+
+
+@dataclass(frozen=True)
+class Constant(Op):
+    """A source for a tensor the rules add (e.g. BatchNorm's num_batches_tracked)."""
+
+    meta: TensorMeta
+    value: float = 0.0
+
+    def shape(self, meta=None):
+        return self.meta
+
+    def data(self, t=None):
+        import torch
+
+        return torch.full(self.meta.shape, self.value, dtype=dtypes.torch_dtype(self.meta.dtype))
+
+    def describe(self):
+        return f"new {fmt_shape(self.meta.shape)} {self.meta.dtype} = {self.value:g}"

@@ -1,0 +1,382 @@
+"""The rules file: pydantic models (``ckptfix schema`` prints their JSON Schema) and a YAML
+loader that keeps line numbers, so every error says ``file:line`` and suggests a fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .. import dtypes
+from ..errors import RulesError
+from .ops import FILLS
+
+Keys = Union[str, list[str]]
+KEYS_DOC = "regular expression(s) searched in each tensor name (anchor with ^ and $)"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RenameOp(_Model):
+    """Rename keys: ``pattern`` + ``replace`` (regex, groups as \\1 or \\g<name>), or ``map``
+    (exact names; ``{name}`` placeholders match one dot/slash-free segment)."""
+
+    pattern: str | None = None
+    replace: str | None = None
+    map: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if self.map is not None and (self.pattern is not None or self.replace is not None):
+            raise ValueError("give either map, or pattern and replace, not both")
+        if self.map is None and (self.pattern is None or self.replace is None):
+            raise ValueError("give pattern and replace (regex), or map")
+        return self
+
+
+class PrefixOp(_Model):
+    prefix: str = Field(min_length=1)
+    keys: Keys | None = Field(None, description=KEYS_DOC + "; default every key")
+
+
+class KeysOp(_Model):
+    keys: Keys = Field(description=KEYS_DOC)
+
+
+class TransposeOp(_Model):
+    keys: Keys = Field(description=KEYS_DOC)
+    layout: str | None = Field(None, description="SRC->DST, e.g. HWIO->OIHW, IO->OI, WIO->OIW, "
+                               "DHWIO->OIDHW, HWOI->IOHW, HWCM->OIHW (depthwise)")
+    perm: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.layout is None) == (self.perm is None):
+            raise ValueError("give exactly one of layout or perm")
+        if self.perm is not None and sorted(self.perm) != list(range(len(self.perm))):
+            raise ValueError(f"perm {self.perm} is not a permutation of 0..{len(self.perm) - 1}")
+        if self.layout is not None:
+            from ..layouts import parse
+
+            parse(self.layout)
+        return self
+
+
+class SliceOp(_Model):
+    keys: Keys = Field(description=KEYS_DOC)
+    axis: int = 0
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+    index: list[int] | None = Field(None, description="explicit indices to keep, in order")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if self.index is not None and (self.start, self.stop, self.step) != (None, None, None):
+            raise ValueError("give index, or start/stop/step, not both")
+        if self.index is None and (self.start, self.stop) == (None, None):
+            raise ValueError("give start and/or stop, or index")
+        if self.index is not None and not self.index:
+            raise ValueError("index must not be empty")
+        return self
+
+
+class PadOp(_Model):
+    keys: Keys = Field(description=KEYS_DOC)
+    axis: int = 0
+    size: int = Field(ge=0)
+    fill: Literal["zeros", "constant", "normal", "default", "mean", "repeat"] = "zeros"
+    value: float | None = Field(None, description="fill: constant")
+    std: float | None = Field(None, description="fill: normal (default 0.02)")
+    seed: int = Field(0, description="fill: normal/default")
+
+    @model_validator(mode="after")
+    def _fill_fields(self):
+        if self.fill == "constant" and self.value is None:
+            raise ValueError("fill: constant needs value")
+        if self.value is not None and self.fill != "constant":
+            raise ValueError("value goes with fill: constant")
+        if self.std is not None and self.fill != "normal":
+            raise ValueError("std goes with fill: normal")
+        return self
+
+
+class CastOp(_Model):
+    dtype: Literal["float32", "float16", "bfloat16"]
+    keys: Keys | None = Field(None, description=KEYS_DOC + "; default every floating-point tensor")
+
+
+class AddOp(_Model):
+    """Add a tensor the checkpoint lacks (e.g. BatchNorm's num_batches_tracked)."""
+
+    key: str
+    shape: list[int] = Field(default_factory=list)
+    dtype: str = "float32"
+    value: float = 0.0
+
+    @model_validator(mode="after")
+    def _dtype(self):
+        if self.dtype not in dtypes.BY_NAME:
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+        return self
+
+
+class Expect(_Model):
+    """Checked after the rule: the plan fails (exit 1) if any differs."""
+
+    shapes: dict[str, list[int]] | None = None
+    params: int | None = Field(None, description="total parameter count after this rule")
+    layer_params: dict[str, int] | None = None
+    tensors: int | None = Field(None, description="number of tensors after this rule")
+
+
+OPS: dict[str, type[_Model]] = {
+    "rename": RenameOp,
+    "strip_prefix": PrefixOp,
+    "add_prefix": PrefixOp,
+    "drop": KeysOp,
+    "keep": KeysOp,
+    "transpose": TransposeOp,
+    "slice": SliceOp,
+    "pad": PadOp,
+    "cast": CastOp,
+    "add": AddOp,
+}
+# Scalar shorthands: `strip_prefix: module.` == `strip_prefix: {prefix: module.}`
+SHORTHAND = {"strip_prefix": "prefix", "add_prefix": "prefix", "drop": "keys", "keep": "keys"}
+
+
+@dataclass
+class Rule:
+    op: str
+    spec: _Model
+    expect: Expect | None
+    index: int          # 1-based position in its file
+    source: str         # file (or preset) it came from
+    line: int | None
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line else self.source
+
+
+@dataclass
+class RulesFile:
+    rules: list[Rule]
+    target: Any = None
+    target_kwargs: dict | None = None
+    source: str = "<rules>"
+    base_dir: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+def _lines(node, path=(), out=None) -> dict[tuple, int]:
+    """Map each path in the document to its 1-based line."""
+    out = {} if out is None else out
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+            if key in seen:
+                raise _Dup(key, k.start_mark.line + 1)
+            seen.add(key)
+            out[path + (key,)] = k.start_mark.line + 1
+            _lines(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _lines(v, path + (i,), out)
+    return out
+
+
+class _Dup(Exception):
+    def __init__(self, key, line):
+        self.key, self.line = key, line
+
+
+def load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark else None
+        raise RulesError(f"invalid YAML: {e.problem or e.context}", source=source, line=line) from None
+    except yaml.YAMLError as e:
+        raise RulesError(f"invalid YAML: {e}", source=source) from None
+    try:
+        lines = _lines(node) if node is not None else {}
+    except _Dup as d:
+        raise RulesError(f"duplicate key {d.key!r}", source=source, line=d.line) from None
+    return data, lines
+
+
+def _line_for(lines: dict, path: tuple) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _suggest(word: str, choices) -> str | None:
+    m = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    return f"did you mean {m[0]!r}?" if m else None
+
+
+TOP_FIELDS = {"ckptfix": "format version (1)", "target": "what to fit", "target_kwargs": "kwargs for a model factory",
+              "rules": "the list of rules", "description": "free text"}
+
+
+def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines: dict, source: str) -> RulesError:
+    err = e.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    path = base + loc
+    line = _line_for(lines, path)
+    if err["type"] == "extra_forbidden":
+        field = loc[-1]
+        hint = _suggest(field, model.model_fields)
+        return RulesError(f"unknown field {field!r} in {base[-1]} rule", source=source, line=line,
+                          hint=hint or f"fields: {', '.join(model.model_fields)}")
+    what = ".".join(str(x) for x in loc) if loc else base[-1]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return RulesError(f"{base[-1]} rule needs field {loc[-1]!r}", source=source, line=line)
+    return RulesError(f"{base[-1]} rule: {what}: {msg}", source=source, line=line)
+
+
+def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = None) -> RulesFile:
+    if data is None:
+        data = {}
+    if isinstance(data, list):  # a bare list of rules is accepted too
+        data = {"rules": data}
+        lines = {("rules",) + k: v for k, v in lines.items()}
+    if not isinstance(data, dict):
+        raise RulesError("a rules file is a mapping with a 'rules' list", source=source, line=1)
+    for k in data:
+        if k not in TOP_FIELDS:
+            raise RulesError(f"unknown top-level field {k!r}", source=source, line=_line_for(lines, (k,)),
+                             hint=_suggest(k, TOP_FIELDS) or f"fields: {', '.join(TOP_FIELDS)}")
+    version = data.get("ckptfix", 1)
+    if version != 1:
+        raise RulesError(f"unsupported rules version {version!r} (this ckptfix reads version 1)",
+                         source=source, line=_line_for(lines, ("ckptfix",)))
+    items = data.get("rules") or []
+    if not isinstance(items, list):
+        raise RulesError("'rules' must be a list", source=source, line=_line_for(lines, ("rules",)))
+    rules = []
+    for i, item in enumerate(items):
+        path = ("rules", i)
+        line = _line_for(lines, path)
+        if not isinstance(item, dict):
+            raise RulesError(f"rule {i + 1} must be a mapping like `- rename: {{...}}`", source=source, line=line)
+        expect_raw = item.get("expect")
+        ops = [k for k in item if k != "expect"]
+        if len(ops) != 1:
+            if not ops:
+                raise RulesError(f"rule {i + 1} has no op", source=source, line=line,
+                                 hint=f"ops: {', '.join(OPS)}")
+            unknown = [k for k in ops if k not in OPS]
+            if unknown:
+                raise RulesError(f"unknown rule {unknown[0]!r}", source=source,
+                                 line=_line_for(lines, path + (unknown[0],)),
+                                 hint=_suggest(unknown[0], list(OPS) + ["expect"]) or f"ops: {', '.join(OPS)}")
+            raise RulesError(f"rule {i + 1} has several ops ({', '.join(ops)}): one per list item",
+                             source=source, line=line)
+        op = ops[0]
+        if op not in OPS:
+            raise RulesError(f"unknown rule {op!r}", source=source, line=_line_for(lines, path + (op,)),
+                             hint=_suggest(op, OPS) or f"ops: {', '.join(OPS)}")
+        body = item[op]
+        if op in SHORTHAND and isinstance(body, (str, list)):
+            body = {SHORTHAND[op]: body}
+        if not isinstance(body, dict):
+            raise RulesError(f"{op} rule needs a mapping of fields", source=source, line=_line_for(lines, path + (op,)))
+        model = OPS[op]
+        try:
+            spec = model.model_validate(body)
+        except ValidationError as e:
+            raise _pydantic_error(e, model, path + (op,), lines, source) from None
+        except ValueError as e:  # from validators that call other parsers
+            raise RulesError(f"{op} rule: {e}", source=source, line=_line_for(lines, path + (op,))) from None
+        _check_regexes(op, spec, source, _line_for(lines, path + (op,)))
+        expect = None
+        if expect_raw is not None:
+            try:
+                expect = Expect.model_validate(expect_raw)
+            except ValidationError as e:
+                raise _pydantic_error(e, Expect, path + ("expect",), lines, source) from None
+        rules.append(Rule(op=op, spec=spec, expect=expect, index=i + 1, source=source, line=line))
+    kwargs = data.get("target_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise RulesError("target_kwargs must be a mapping", source=source, line=_line_for(lines, ("target_kwargs",)))
+    return RulesFile(rules=rules, target=data.get("target"), target_kwargs=kwargs, source=source, base_dir=base_dir)
+
+
+def _check_regexes(op: str, spec: _Model, source: str, line: int | None) -> None:
+    pats: list[str] = []
+    keys = getattr(spec, "keys", None)
+    if keys is not None:
+        pats += [keys] if isinstance(keys, str) else list(keys)
+    if op == "rename" and spec.pattern is not None:
+        pats.append(spec.pattern)
+    for p in pats:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise RulesError(f"{op} rule: regex {p!r} does not compile: {e}", source=source, line=line) from None
+    if op == "rename" and spec.pattern is not None:
+        try:  # the template is parsed (group references checked) even when nothing matches
+            re.compile(spec.pattern).sub(spec.replace, "")
+        except (re.error, IndexError) as e:
+            raise RulesError(f"rename rule: replacement {spec.replace!r} is invalid: {e}",
+                             source=source, line=line) from None
+
+
+def json_schema() -> dict:
+    """JSON Schema of a rules file, for editors (``ckptfix schema``)."""
+    wrappers = []
+    for name, model in OPS.items():
+        wrappers.append({
+            "type": "object",
+            "title": name,
+            "properties": {name: {"$ref": f"#/$defs/{model.__name__}"}, "expect": {"$ref": "#/$defs/Expect"}},
+            "required": [name],
+            "additionalProperties": False,
+        })
+    defs = {}
+    for model in list(OPS.values()) + [Expect]:
+        s = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(s.pop("$defs", {}))
+        defs[model.__name__] = s
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ckptfix rules file",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "ckptfix": {"const": 1, "description": TOP_FIELDS["ckptfix"]},
+            "description": {"type": "string"},
+            "target": {"description": "checkpoint path, module:callable, file.py:callable, a layer "
+                       "spec YAML path, a layer expression like 'Conv2d(3, 15, 5)', or a mapping "
+                       "name -> layer expression",
+                       "anyOf": [{"type": "string"}, {"type": "object"}]},
+            "target_kwargs": {"type": "object"},
+            "rules": {"type": "array", "items": {"anyOf": wrappers}},
+        },
+        "$defs": defs,
+    }

@@ -1,0 +1,184 @@
+"""Targets: what a checkpoint must fit. A target is tensor metadata plus layers, from
+
+- another checkpoint (metadata only),
+- a model factory ``module:callable`` or ``path/to/file.py:callable`` built on the meta device,
+- a layer spec: ``Conv2d(3, 15, 5)`` (the whole model is that layer), or a mapping / YAML file
+  ``conv_layer: Conv2d(3, 15, 5)`` (nested mappings nest names), parsed without eval.
+
+Building a model factory imports and runs that (your own) code; a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import layers as L
+from .errors import CkptfixError, TargetError
+from .tensors import TensorMeta
+
+LAYER_EXPR = re.compile(r"^\s*[A-Za-z_]\w*\s*\(.*\)\s*$", re.S)
+
+
+@dataclass
+class Target:
+    description: str
+    tensors: dict[str, TensorMeta]
+    layers: dict[str, L.Layer] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(ly.params for ly in self.layers.values())
+
+    def layer(self, name: str) -> L.Layer | None:
+        return self.layers.get(name)
+
+
+def parse_layer_expr(expr: str, name: str = "") -> L.Layer:
+    """``'Conv2d(3, 15, 5, stride=2)'`` -> Layer, with literals only (no eval)."""
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        raise TargetError(f"layer spec {expr!r} is not of the form Conv2d(3, 15, 5)") from None
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise TargetError(f"layer spec {expr!r} is not of the form Conv2d(3, 15, 5)")
+    try:
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+        if any(k.arg is None for k in call.keywords):
+            raise ValueError
+    except ValueError:
+        raise TargetError(f"layer spec {expr!r}: arguments must be literals (numbers, tuples, True/False)") from None
+    cls = call.func.id.removeprefix("nn.")
+    try:
+        return L.spec_layer(name, cls, args, kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise TargetError(f"layer spec {expr!r}: {e}") from None
+
+
+def from_layer_spec(spec, description: str) -> Target:
+    """A mapping name -> layer expression (nested mappings nest names) or one expression."""
+    found: dict[str, L.Layer] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, str):
+            found[prefix] = parse_layer_expr(node, prefix)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            raise TargetError(f"layer spec for {prefix or 'the model'!r} must be a layer expression "
+                              "like 'Conv2d(3, 15, 5)' or a mapping")
+
+    walk(spec, "")
+    tensors = {L.join_key(ly.name, v): m for ly in found.values() for v, m in ly.tensors.items()}
+    return Target(description, tensors, found)
+
+
+def from_checkpoint(path: str | Path, **open_kwargs) -> Target:
+    from .formats import open_checkpoint
+
+    with open_checkpoint(path, **open_kwargs) as r:
+        metas = r.metas()
+        classes = r.layer_classes()
+    return Target(f"checkpoint {path}", metas, L.read_layers(metas, classes))
+
+
+def _import_callable(ref: str, base_dir: Path | None):
+    mod_ref, _, attr = ref.rpartition(":")
+    if mod_ref.endswith(".py"):
+        p = Path(mod_ref)
+        if not p.is_absolute() and base_dir is not None and not p.exists():
+            p = base_dir / p
+        if not p.is_file():
+            raise TargetError(f"target {ref}: no such file {p}")
+        name = f"_ckptfix_target_{abs(hash(str(p.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, p)
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(p.parent.resolve()))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(mod_ref)
+        except ImportError as e:
+            raise TargetError(f"target {ref}: cannot import {mod_ref}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise TargetError(f"target {ref}: {mod_ref} has no {attr!r}")
+    return obj
+
+
+def from_factory(ref: str, kwargs: dict | None, base_dir: Path | None = None) -> Target:
+    import torch
+
+    try:
+        fn = _import_callable(ref, base_dir)
+        with torch.device("meta"):
+            model = fn(**(kwargs or {}))
+    except CkptfixError:
+        raise
+    except Exception as e:
+        raise TargetError(f"target {ref}: building the model failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise TargetError(f"target {ref}: returned {type(model).__name__}, not a torch.nn.Module")
+    return from_module(model, f"model {ref}")
+
+
+def from_module(model, description: str) -> Target:
+    """Target from a live module (any device; only shapes are used)."""
+    from . import dtypes
+
+    tensors = {k: TensorMeta(tuple(v.shape), dtypes.from_torch(v.dtype)) for k, v in model.state_dict().items()}
+    found: dict[str, L.Layer] = {}
+    for mname, mod in model.named_modules():
+        local = {}
+        bufs = set()
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                local[pname] = tensors.get(L.join_key(mname, pname))
+        for bname, b in mod._buffers.items():
+            if b is not None and bname not in mod._non_persistent_buffers_set:
+                local[bname] = tensors.get(L.join_key(mname, bname))
+                bufs.add(bname)
+        local = {k: v for k, v in local.items() if v is not None}
+        if local:
+            found[mname] = L.Layer(name=mname, kind=type(mod).__name__, attrs=L.module_attrs(mod),
+                                   tensors=local, buffers=frozenset(bufs))
+    return Target(description, tensors, found)
+
+
+def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, **open_kwargs) -> Target:
+    """Resolve anything the command line or a rules file may give as a target."""
+    if isinstance(spec, dict):
+        return from_layer_spec(spec, "layer spec")
+    if not isinstance(spec, str) or not spec.strip():
+        raise TargetError(f"target must be a string or a mapping, got {spec!r}")
+    p = Path(spec)
+    if not p.exists() and base_dir is not None and (base_dir / spec).exists() and ":" not in spec:
+        p = base_dir / spec
+    if p.exists() and p.suffix in (".yaml", ".yml"):
+        from .rules.schema import load_yaml
+
+        try:
+            data, _ = load_yaml(p.read_text("utf-8"), str(p))
+        except CkptfixError as e:
+            raise TargetError(f"target {e}") from None
+        return from_layer_spec(data, f"layer spec {p}")
+    if p.exists():
+        return from_checkpoint(p, **open_kwargs)
+    if LAYER_EXPR.match(spec):
+        return from_layer_spec(spec, f"layer {spec.strip()}")
+    if ":" in spec:
+        return from_factory(spec, kwargs, base_dir)
+    raise TargetError(f"target {spec!r}: not a file, a module:callable, or a layer like Conv2d(3, 15, 5)")

@@ -1,0 +1,61 @@
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+DATA = Path(__file__).parent / "data"
+TORCH = DATA / "torch"
+KERAS = DATA / "keras"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _inputs_never_change():
+    """Every test: the bundled fixtures are byte-identical afterwards."""
+    before = sha256(DATA)
+    yield
+    assert sha256(DATA) == before, "a test modified the input fixtures"
+
+
+@pytest.fixture
+def data():
+    return DATA
+
+
+@pytest.fixture
+def tmp_copy(tmp_path):
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy(src, dst)
+        return dst
+    return copy
+
+
+class Cli:
+    def __init__(self):
+        self.runner = CliRunner()
+
+    def __call__(self, *args):
+        from ckptfix.cli import app
+
+        r = self.runner.invoke(app, [str(a) for a in args])
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return r
+
+
+@pytest.fixture
+def cli():
+    return Cli()

@@ -1,0 +1,69 @@
+"""PyTorch twins of the fixture models (see tests/data/FIXTURES.md). Also importable as a
+`file.py:callable` target by the tests."""
+
+import torch
+from torch import nn
+
+
+class SmallNet(nn.Module):
+    """ddp_net / compiled_net / wrapped_net."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class LightningNet(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def sharded_net():
+    """hf_sharded/: six Conv2d(64, 64, 3) in a Sequential."""
+    return nn.Sequential(*[nn.Conv2d(64, 64, 3, padding=1) for _ in range(6)])
+
+
+class TinyCNN(nn.Module):
+    """Twin of the Keras tiny_cnn."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8, eps=1e-3)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class Conv1DNet(nn.Module):
+    """Twin of the Keras conv1d model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1d = nn.Conv1d(4, 8, 5, padding=2)
+        self.conv1d_1 = nn.Conv1d(8, 6, 3)
+        self.dense = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1d(x))
+        x = self.conv1d_1(x)
+        return self.dense(x.mean(dim=2))
