@@ -176,7 +176,7 @@ def _report(res, as_json: bool, verb: str) -> None:
 
 @app.command()
 def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
-          rules: List[str] = typer.Option(..., "--rules", "-r", help="Rules file or preset name; repeat to compose."),
+          rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules file or preset name; repeat to compose (none: convert/extract only)."),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or directory, for sharded output)."),
           out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output directory, for several inputs."),
           target: Optional[str] = typer.Option(None, "--target", "-t", help="Overrides the rules file's target."),
@@ -200,7 +200,7 @@ def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
         if out is not None and len(ckpts) > 1:
             raise UsageError("several inputs need --out-dir, not -o")
         size = parse_size(shard_size)
-        composed = api.compose_rules(rules)
+        composed = api.compose_rules(rules or [])
         opts = _opts(state_key, allow_global)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
         worst = EXIT_OK
