@@ -71,7 +71,8 @@ def diff(path: str | Path, target, *, target_kwargs: dict | None = None, opts: O
 def compose_rules(refs: Iterable[str | Path | RulesFile]) -> RulesFile:
     """Several rules files applied in order; the last one naming a target wins."""
     files = [ref if isinstance(ref, RulesFile) else load_rules(ref) for ref in refs]
-    merged = RulesFile(rules=[r for f in files for r in f.rules], source=", ".join(f.source for f in files))
+    merged = RulesFile(rules=[r for f in files for r in f.rules], source=", ".join(f.source for f in files),
+                       layer_classes={k: v for f in files for k, v in (f.layer_classes or {}).items()} or None)
     for f in files:
         if f.target is not None:
             merged.target, merged.target_kwargs, merged.base_dir = f.target, f.target_kwargs, f.base_dir
@@ -113,7 +114,9 @@ def plan_file(path: str | Path, rules: RulesFile, target=None, *, target_kwargs:
     tgt = target if isinstance(target, targets.Target) else resolve_target(target, rules, target_kwargs, opts)
     reader = opts.open(path)
     try:
-        return make_plan(reader.metas(), rules.rules, tgt), reader
+        classes = {**reader.layer_classes(), **(rules.layer_classes or {})}
+        return make_plan(reader.metas(), rules.rules, tgt, classes=classes,
+                         layer_configs=reader.layer_configs()), reader
     except BaseException:
         reader.close()
         raise
@@ -142,6 +145,7 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
             res.params = count_params(plan.metas, plan.target)
             res.target_params = plan.target.params if plan.target else None
             res.fits = plan.fit.fits if plan.fit else None
+            res.warnings += plan.warnings
             failed = [f"step {s.index} ({s.where}): {e}" for s in plan.steps for e in s.expect_errors]
             if failed:
                 raise DoesNotFit(f"{path}: expectation failed: {failed[0]}"

@@ -112,7 +112,7 @@ def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = No
         layer.attrs = dict(attrs)
         return layer
     w = tensors.get("weight")
-    k = tensors.get("kernel")
+    k = tensors.get("kernel") or (tensors.get("weights") if w is None else None)  # TF1 slim: weights
     if "depthwise_kernel" in tensors:  # Keras DepthwiseConv2D / SeparableConv2D
         d = tensors["depthwise_kernel"].shape
         if len(d) == 4:

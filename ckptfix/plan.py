@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from . import layers as L
 from . import layouts
 from .errors import RulesError
-from .rules.ops import Cast, Constant, Depthwise, Op, OpError, Pad, Slice, Transpose, tensor_seed
+from .rules.ops import (AddScalar, Cast, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, Slice, Transpose,
+                        tensor_seed)
 from .rules.schema import Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
@@ -81,6 +82,7 @@ class Plan:
     steps: list[Step]
     target: Target | None
     fit: Fit | None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -122,23 +124,41 @@ def _close(word: str, names) -> str:
 
 
 class _Planner:
-    def __init__(self, metas: dict[str, TensorMeta], target: Target | None) -> None:
+    def __init__(self, metas: dict[str, TensorMeta], target: Target | None,
+                 classes: dict[str, str] | None = None) -> None:
         self.inputs = metas
         self.entries: dict[str, Entry] = {n: Entry(n, m) for n, m in metas.items()}
         self.target = target
+        # the class of the layer each input tensor belongs to: from the file / rules, else from shapes
+        classes = classes or {}
+        self.source_class: dict[str, str] = {}
+        for layer, ts in L.group_layers(metas).items():
+            kind = classes.get(layer) or L.infer_layer(layer, ts).kind
+            sep = "/" if any("/" in k for k in metas) else "."
+            for var in ts:
+                key = L.join_key(layer, var, sep)
+                self.source_class[key if key in metas else L.join_key(layer, var, "." if sep == "/" else "/")] = kind
 
     # -- helpers ---------------------------------------------------------------------------
     def err(self, rule: Rule, msg: str, hint: str | None = None) -> RulesError:
         return RulesError(f"rule {rule.index} ({rule.op}): {msg}", source=rule.source, line=rule.line, hint=hint)
 
+    def class_of(self, name: str) -> str | None:
+        src = self.entries[name].source
+        return self.source_class.get(src) if src is not None else None
+
     def select(self, rule: Rule, keys, *, required: bool = True) -> list[str]:
-        if keys is None:
-            return list(self.entries)
-        pats = _patterns(keys)
-        hit = [n for n in self.entries if any(p.search(n) for p in pats)]
-        if not hit and required:
-            shown = keys if isinstance(keys, str) else ", ".join(keys)
-            raise self.err(rule, f"keys {shown!r} match no tensor", _close(str(shown), self.entries))
+        classes = getattr(rule.spec, "classes", None)
+        hit = list(self.entries)
+        if keys is not None:
+            pats = _patterns(keys)
+            hit = [n for n in hit if any(p.search(n) for p in pats)]
+        if classes:
+            hit = [n for n in hit if self.class_of(n) in classes]
+        if not hit and required and not rule.optional:
+            shown = keys if isinstance(keys, str) else ", ".join(keys or ["*"])
+            cls = f" in layers of class {', '.join(classes)}" if classes else ""
+            raise self.err(rule, f"keys {shown!r} match no tensor{cls}", _close(str(shown), self.entries))
         return hit
 
     def apply_renames(self, rule: Rule, mapping: dict[str, str]) -> list[str]:
@@ -165,7 +185,7 @@ class _Planner:
                 (f"rename {s.pattern!r} -> {s.replace!r}" if s.map is None else f"rename map ({len(s.map)} entries)")
         if op == "strip_prefix":
             names = [n for n in self.select(rule, s.keys) if n.startswith(s.prefix)]
-            if not names:
+            if not names and not rule.optional:
                 raise self.err(rule, f"no key starts with {s.prefix!r}", _close(s.prefix, self.entries))
             mapping = {n: n[len(s.prefix):] for n in names}
             return self.apply_renames(rule, mapping), list(mapping.values()), f"strip prefix {s.prefix!r}"
@@ -181,11 +201,23 @@ class _Planner:
                 del self.entries[n]
             return [f"dropped {n}" for n in gone], [], f"{op} {s.keys!r}"
         if op == "add":
-            if s.key in self.entries:
-                raise self.err(rule, f"tensor {s.key!r} already exists")
-            gen = Constant(TensorMeta(tuple(s.shape), s.dtype), s.value)
-            self.entries[s.key] = Entry(None, gen.shape(), [gen])
-            return [f"added {s.key} {fmt_shape(s.shape)} {s.dtype} = {s.value:g}"], [s.key], f"add {s.key}"
+            keys = [s.key]
+            if s.for_each is not None:
+                rx = re.compile(s.for_each)
+                try:
+                    keys = [s.key.format(**m.groupdict()) for n in self.entries if (m := rx.search(n))]
+                except KeyError as ex:
+                    raise self.err(rule, f"key template {s.key!r} uses {{{ex.args[0]}}}, not a named group of for_each")
+                if not keys and not rule.optional:
+                    raise self.err(rule, f"for_each {s.for_each!r} matches no tensor", _close(s.for_each, self.entries))
+            changes = []
+            for key in keys:
+                if key in self.entries:
+                    raise self.err(rule, f"tensor {key!r} already exists")
+                gen = Constant(TensorMeta(tuple(s.shape), s.dtype), s.value)
+                self.entries[key] = Entry(None, gen.shape(), [gen])
+                changes.append(f"added {key} {fmt_shape(s.shape)} {s.dtype} = {s.value:g}")
+            return changes, keys, f"add {s.key}"
         # tensor ops
         names = self.select(rule, s.keys, required=not (op == "cast" and s.keys is None))
         if op == "pad" and s.fill == "default":
@@ -213,9 +245,11 @@ class _Planner:
         s = rule.spec
         if s.map is None:
             pat = re.compile(s.pattern)
-            mapping = {n: pat.sub(s.replace, n) for n in self.entries if pat.search(n)}
-            if not mapping:
-                raise self.err(rule, f"pattern {s.pattern!r} matches no key", _close(s.pattern, self.entries))
+            names = self.select(rule, None, required=False) if s.classes else list(self.entries)
+            mapping = {n: pat.sub(s.replace, n) for n in names if pat.search(n)}
+            if not mapping and not rule.optional:
+                cls = f" in layers of class {', '.join(s.classes)}" if s.classes else ""
+                raise self.err(rule, f"pattern {s.pattern!r} matches no key{cls}", _close(s.pattern, self.entries))
             return mapping
         mapping: dict[str, str] = {}
         for src, dst in s.map.items():
@@ -227,7 +261,7 @@ class _Planner:
                 hit = {n: dst.format(**m.groupdict()) for n in self.entries if (m := rx.fullmatch(n))}
             else:
                 hit = {src: dst} if src in self.entries else {}
-            if not hit:
+            if not hit and not rule.optional:
                 raise self.err(rule, f"map entry {src!r} matches no key", _close(src, self.entries))
             for n in hit:
                 if n in mapping:
@@ -243,6 +277,10 @@ class _Planner:
             if s.layout is not None:
                 return Transpose(layouts.parse(s.layout), s.layout)
             return Transpose(tuple(s.perm))
+        if rule.op == "flatten_order":
+            return FlattenOrder(tuple(s.hwc), s.axis)
+        if rule.op == "bn_eps":
+            return AddScalar(s.from_eps - s.to_eps)
         if rule.op == "slice":
             return Slice(s.axis, s.start, s.stop, s.step, tuple(s.index) if s.index is not None else None)
         if rule.op == "cast":
@@ -354,9 +392,34 @@ def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: 
     return "; ".join(parts) if parts else f"{fmt_shape(have.shape)} vs {fmt_shape(want.shape)}"
 
 
-def make_plan(metas: dict[str, TensorMeta], rules: list[Rule], target: Target | None = None) -> Plan:
+KERAS_BN_EPS = 1e-3
+
+
+def eps_warnings(p: "_Planner", target: Target, layer_configs: dict[str, dict]) -> list[str]:
+    """Keras BatchNormalization eps (1e-3 by default) vs the target's BatchNorm eps (1e-5)."""
+    out = []
+    for name, e in p.entries.items():
+        if e.source is None or p.source_class.get(e.source) != "BatchNormalization":
+            continue
+        layer, var = L.split_key(name)
+        tl = target.layers.get(layer)
+        if var != "running_var" or tl is None or "eps" not in tl.attrs:
+            continue
+        if any(isinstance(op, AddScalar) for op in e.ops):
+            continue  # eps already folded by a bn_eps rule
+        src_layer = L.split_key(e.source)[0]
+        src_eps = float((layer_configs.get(src_layer) or {}).get("epsilon", KERAS_BN_EPS))
+        if abs(src_eps - tl.attrs["eps"]) > 1e-12:
+            out.append(f"{layer}: Keras BatchNormalization eps {src_eps:g}, target {tl.kind} eps {tl.attrs['eps']:g}: "
+                       f"outputs will differ slightly. Build the layer with eps={src_eps:g}, or fold the difference "
+                       f"into running_var with `- bn_eps: {{keys: '^{re.escape(name)}$', from: {src_eps:g}, to: {tl.attrs['eps']:g}}}`")
+    return out
+
+
+def make_plan(metas: dict[str, TensorMeta], rules: list[Rule], target: Target | None = None, *,
+              classes: dict[str, str] | None = None, layer_configs: dict[str, dict] | None = None) -> Plan:
     """Fold ``rules`` over ``metas``. Raises RulesError when a rule cannot apply."""
-    p = _Planner(metas, target)
+    p = _Planner(metas, target, classes)
     steps = []
     for rule in rules:
         changes, touched, summary = p.run(rule)
@@ -366,7 +429,8 @@ def make_plan(metas: dict[str, TensorMeta], rules: list[Rule], target: Target | 
         steps.append(step)
     final = {n: e.meta for n, e in p.entries.items()}
     fit = fit_report(final, target) if target is not None else None
-    return Plan(inputs=dict(metas), entries=p.entries, steps=steps, target=target, fit=fit)
+    warnings = eps_warnings(p, target, layer_configs or {}) if target is not None else []
+    return Plan(inputs=dict(metas), entries=p.entries, steps=steps, target=target, fit=fit, warnings=warnings)
 
 
 def _template(src: str) -> tuple[re.Pattern, list[str]]:

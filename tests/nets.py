@@ -41,10 +41,10 @@ def sharded_net():
 class TinyCNN(nn.Module):
     """Twin of the Keras tiny_cnn."""
 
-    def __init__(self):
+    def __init__(self, eps: float = 1e-3):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8, eps=1e-3)
+        self.bn1 = nn.BatchNorm2d(8, eps=eps)
         self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
         self.fc = nn.Linear(16, 10)
 

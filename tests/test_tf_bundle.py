@@ -522,3 +522,22 @@ def test_random_mutations_only_raise_input_error(tmp_path):
         except InputError:
             outcomes["error"] += 1
     assert outcomes["error"] > 200
+
+
+@settings(max_examples=30, deadline=None)
+@given(names=st.sets(st.text(alphabet=st.characters(blacklist_characters="/\x00",
+                                                     blacklist_categories=("Cs",)),
+                             min_size=1, max_size=12), min_size=1, max_size=25),
+       block_size=st.integers(1, 300), restart=st.integers(1, 20), shards=st.integers(1, 3))
+def test_roundtrip_property(tmp_path_factory, names, block_size, restart, shards):
+    tmp = tmp_path_factory.mktemp("prop")
+    rng = np.random.default_rng(len(names))
+    tensors = {f"t_{n}": rng.standard_normal(rng.integers(0, 4, size=rng.integers(0, 3)))
+               .astype(np.float32) for n in names}
+    prefix = tw.write_bundle(tmp / "p", tensors, block_size=block_size,
+                             restart_interval=restart, num_shards=shards)
+    with TFCheckpointReader(prefix) as r:
+        assert list(r.metas()) == sorted(tensors, key=lambda k: k.encode())
+        for name, arr in tensors.items():
+            assert r.metas()[name].shape == arr.shape
+            np.testing.assert_array_equal(r.read_array(name), arr)

@@ -32,6 +32,10 @@ class Reader(ABC):
         """Layer name -> class name where the file records it (Keras configs); else empty."""
         return {}
 
+    def layer_configs(self) -> dict[str, dict]:
+        """Layer name -> its config (Keras), where the file records it; else empty."""
+        return {}
+
     def extras(self) -> dict[str, Any]:
         """Format-specific information for ``inspect`` (container keys, metadata ...)."""
         return {}

@@ -272,6 +272,9 @@ class KerasH5Reader(NumpyReader):
         if cfg_layers:
             self._layer_order = [p for p, _, _ in cfg_layers]
         self._warnings.extend(padding_warnings(cfg_layers))
+        rank = {name: i for i, name in enumerate(self._layer_order)}
+        self._classes = dict(sorted(self._classes.items(),
+                                    key=lambda kv: (rank.get(kv[0], len(rank)),)))
 
     def _add(self, key: str, f, ds_path: str) -> None:
         ds = f[ds_path]
@@ -363,19 +366,20 @@ class KerasH5Reader(NumpyReader):
                     cls = None  # an attribute sub-object (MHA's _query_dense, an RNN cell)
             return "/".join(names), (cls, attr)
 
+        file_rank = {id(f): i for i, f in enumerate(self._files)}
         ordered = []
         for owner_path, info in owners.items():
             layer, (cls, attr) = display_path(owner_path)
             if owner_path == "":
                 layer = info["name"] or ""
-            offs = []
+            offs = []  # (shard number, byte offset): Keras writes layers in model order
             for f, dp in info["vars"].values():
                 try:
                     off = f[dp].id.get_offset()
                 except Exception:  # noqa: BLE001 - metadata only, ordering hint
                     off = None
                 if off is not None:
-                    offs.append(off)
+                    offs.append((file_rank[id(f)], off))
             ordered.append((owner_path, layer, cls, attr, info, min(offs) if offs else None))
             if layer and cls and owner_path:
                 cfg_cls = cfg_by_path.get(layer, (None, None))[0]
@@ -384,7 +388,7 @@ class KerasH5Reader(NumpyReader):
             rank = {p: i for i, (p, _, _) in enumerate(walk_config(self._config))}
             ordered.sort(key=lambda t: (rank.get(t[1], len(rank)), _natural_key(t[0])))
         elif all(t[5] is not None for t in ordered if t[4]["vars"]):
-            ordered.sort(key=lambda t: (t[5] is None, t[5] or 0, _natural_key(t[0])))
+            ordered.sort(key=lambda t: (t[5] is None, t[5] or (0, 0), _natural_key(t[0])))
         else:
             ordered.sort(key=lambda t: _natural_key(t[0]))
         for owner_path, layer, cls, attr, info, _ in ordered:
@@ -471,6 +475,9 @@ class KerasH5Reader(NumpyReader):
 
     def layer_classes(self) -> dict[str, str]:
         return dict(self._classes)
+
+    def layer_configs(self) -> dict[str, dict]:
+        return {path: cfg for path, _cls, cfg in walk_config(self._config)} if self._config else {}
 
     def extras(self) -> dict[str, Any]:
         return {"layout": self.layout, "keras_config": self._config,

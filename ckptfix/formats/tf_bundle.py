@@ -271,26 +271,6 @@ def read_table(data: bytes) -> list[tuple[bytes, bytes]]:
 
 # ------------------------------------------------------------------------------ object graph
 
-def _unescape_local_name(name: str) -> str:
-    out = []
-    i = 0
-    while i < len(name):
-        c = name[i]
-        if c == "." and i + 1 < len(name):
-            nxt = name[i + 1]
-            if nxt == ".":
-                out.append(".")
-                i += 2
-                continue
-            if nxt == "S":
-                out.append("/")
-                i += 2
-                continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
 def parse_object_graph(buf: bytes) -> list[dict]:
     """TrackableObjectGraph -> [{children: [(node_id, local_name)], attributes: [...]}]."""
     nodes = []
@@ -565,6 +545,9 @@ class TFCheckpointReader(NumpyReader):
         chosen = [c for c in cand.values() if c]
         if len(set(chosen)) != len(chosen) or len(chosen) != len(keys):
             # not every variable has a unique layer/var name: use the object paths throughout
+            if self.object_graph:
+                self._warnings.append("the object graph does not give every variable a unique "
+                                      "<layer>/<variable> name; kept the object paths")
             return {k: k[: -len(VALUE_SUFFIX)] for k in keys}
         return {k: cand[k] for k in keys}
 

@@ -205,6 +205,53 @@ class Cast(Op):
 
 
 @dataclass(frozen=True)
+class FlattenOrder(Op):
+    """Reorder the features along ``axis`` from Keras' (H, W, C) flatten order to PyTorch's (C, H, W).
+
+    For the first Dense after a conv stack: Keras flattens NHWC, PyTorch flattens NCHW.
+    """
+
+    hwc: tuple[int, int, int]
+    axis: int = 1
+
+    def shape(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        if meta.shape[ax] != math.prod(self.hwc):
+            h, w, c = self.hwc
+            raise OpError(f"axis {self.axis} has {meta.shape[ax]} features, but H*W*C = {h}*{w}*{c} = {math.prod(self.hwc)}")
+        return meta
+
+    def data(self, t):
+        ax = self.axis % t.dim()
+        h, w, c = self.hwc
+        moved = t.movedim(ax, -1)
+        lead = moved.shape[:-1]
+        out = moved.reshape(*lead, h, w, c).movedim(-1, -3).reshape(*lead, h * w * c)
+        return out.movedim(-1, ax).contiguous()
+
+    def describe(self):
+        return f"flatten order HWC{list(self.hwc)} -> CHW (axis {self.axis})"
+
+
+@dataclass(frozen=True)
+class AddScalar(Op):
+    """Add a constant (BatchNorm eps folding: running_var + (eps_from - eps_to))."""
+
+    value: float
+
+    def shape(self, meta):
+        if not dtypes.get(meta.dtype).floating:
+            raise OpError(f"needs a floating-point tensor, got {meta.dtype}")
+        return meta
+
+    def data(self, t):
+        return (t.double() + self.value).to(t.dtype)
+
+    def describe(self):
+        return f"add {self.value:+g}"
+
+
+@dataclass(frozen=True)
 class Reshape(Op):
     to: tuple[int, ...]
 

@@ -22,7 +22,11 @@ KEYS_DOC = "regular expression(s) searched in each tensor name (anchor with ^ an
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+CLASSES_DOC = ("only tensors of layers of these classes (Conv2D, Dense, ... from the file's config, "
+               "the rules file's layer_classes, or read from shapes)")
 
 
 class RenameOp(_Model):
@@ -32,6 +36,7 @@ class RenameOp(_Model):
     pattern: str | None = None
     replace: str | None = None
     map: dict[str, str] | None = None
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -53,6 +58,7 @@ class KeysOp(_Model):
 
 class TransposeOp(_Model):
     keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
     layout: str | None = Field(None, description="SRC->DST, e.g. HWIO->OIHW, IO->OI, WIO->OIW, "
                                "DHWIO->OIDHW, HWOI->IOHW, HWCM->OIHW (depthwise)")
     perm: list[int] | None = None
@@ -72,6 +78,7 @@ class TransposeOp(_Model):
 
 class SliceOp(_Model):
     keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
     axis: int = 0
     start: int | None = None
     stop: int | None = None
@@ -91,6 +98,7 @@ class SliceOp(_Model):
 
 class PadOp(_Model):
     keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
     axis: int = 0
     size: int = Field(ge=0)
     fill: Literal["zeros", "constant", "normal", "default", "mean", "repeat"] = "zeros"
@@ -112,12 +120,33 @@ class PadOp(_Model):
 class CastOp(_Model):
     dtype: Literal["float32", "float16", "bfloat16"]
     keys: Keys | None = Field(None, description=KEYS_DOC + "; default every floating-point tensor")
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+
+
+class FlattenOrderOp(_Model):
+    """Reorder a Dense weight's input features from Keras' (H, W, C) flatten order to PyTorch's
+    (C, H, W). Apply to the PyTorch-layout weight (out, H*W*C), i.e. after IO->OI (axis 1)."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    hwc: list[int] = Field(min_length=3, max_length=3, description="the feature map's (H, W, C) before Flatten")
+    axis: int = 1
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+
+
+class BnEpsOp(_Model):
+    """Fold an eps difference into BatchNorm running variances: running_var += from - to, so that
+    a layer with eps ``to`` computes what the source computed with eps ``from``."""
+
+    keys: Keys = Field(description=KEYS_DOC + " (the running variance tensors)")
+    from_eps: float = Field(alias="from", gt=0)
+    to_eps: float = Field(alias="to", gt=0)
 
 
 class AddOp(_Model):
     """Add a tensor the checkpoint lacks (e.g. BatchNorm's num_batches_tracked)."""
 
-    key: str
+    key: str = Field(description="the new tensor's name; with for_each, a template like '{layer}.num_batches_tracked'")
+    for_each: str | None = Field(None, description="regex with named groups: add one tensor per matching key")
     shape: list[int] = Field(default_factory=list)
     dtype: str = "float32"
     value: float = 0.0
@@ -148,8 +177,11 @@ OPS: dict[str, type[_Model]] = {
     "slice": SliceOp,
     "pad": PadOp,
     "cast": CastOp,
+    "flatten_order": FlattenOrderOp,
+    "bn_eps": BnEpsOp,
     "add": AddOp,
 }
+RULE_FIELDS = ("expect", "optional")
 # Scalar shorthands: `strip_prefix: module.` == `strip_prefix: {prefix: module.}`
 SHORTHAND = {"strip_prefix": "prefix", "add_prefix": "prefix", "drop": "keys", "keep": "keys"}
 
@@ -162,6 +194,7 @@ class Rule:
     index: int          # 1-based position in its file
     source: str         # file (or preset) it came from
     line: int | None
+    optional: bool = False  # may match nothing (presets for many model shapes)
 
     def where(self) -> str:
         return f"{self.source}:{self.line}" if self.line else self.source
@@ -174,6 +207,7 @@ class RulesFile:
     target_kwargs: dict | None = None
     source: str = "<rules>"
     base_dir: Path | None = None
+    layer_classes: dict[str, str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +273,8 @@ def _suggest(word: str, choices) -> str | None:
 
 
 TOP_FIELDS = {"ckptfix": "format version (1)", "target": "what to fit", "target_kwargs": "kwargs for a model factory",
-              "rules": "the list of rules", "description": "free text"}
+              "rules": "the list of rules", "description": "free text",
+              "layer_classes": "layer name -> Keras class, for files that do not record it"}
 
 
 def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines: dict, source: str) -> RulesError:
@@ -285,7 +320,10 @@ def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = Non
         if not isinstance(item, dict):
             raise RulesError(f"rule {i + 1} must be a mapping like `- rename: {{...}}`", source=source, line=line)
         expect_raw = item.get("expect")
-        ops = [k for k in item if k != "expect"]
+        optional = item.get("optional", False)
+        if not isinstance(optional, bool):
+            raise RulesError("optional must be true or false", source=source, line=_line_for(lines, path + ("optional",)))
+        ops = [k for k in item if k not in RULE_FIELDS]
         if len(ops) != 1:
             if not ops:
                 raise RulesError(f"rule {i + 1} has no op", source=source, line=line,
@@ -294,7 +332,7 @@ def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = Non
             if unknown:
                 raise RulesError(f"unknown rule {unknown[0]!r}", source=source,
                                  line=_line_for(lines, path + (unknown[0],)),
-                                 hint=_suggest(unknown[0], list(OPS) + ["expect"]) or f"ops: {', '.join(OPS)}")
+                                 hint=_suggest(unknown[0], list(OPS) + list(RULE_FIELDS)) or f"ops: {', '.join(OPS)}")
             raise RulesError(f"rule {i + 1} has several ops ({', '.join(ops)}): one per list item",
                              source=source, line=line)
         op = ops[0]
@@ -320,15 +358,22 @@ def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = Non
                 expect = Expect.model_validate(expect_raw)
             except ValidationError as e:
                 raise _pydantic_error(e, Expect, path + ("expect",), lines, source) from None
-        rules.append(Rule(op=op, spec=spec, expect=expect, index=i + 1, source=source, line=line))
+        rules.append(Rule(op=op, spec=spec, expect=expect, index=i + 1, source=source, line=line, optional=optional))
     kwargs = data.get("target_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise RulesError("target_kwargs must be a mapping", source=source, line=_line_for(lines, ("target_kwargs",)))
-    return RulesFile(rules=rules, target=data.get("target"), target_kwargs=kwargs, source=source, base_dir=base_dir)
+    classes = data.get("layer_classes")
+    if classes is not None and not (isinstance(classes, dict) and all(isinstance(v, str) for v in classes.values())):
+        raise RulesError("layer_classes must map layer names to class names", source=source,
+                         line=_line_for(lines, ("layer_classes",)))
+    return RulesFile(rules=rules, target=data.get("target"), target_kwargs=kwargs, source=source, base_dir=base_dir,
+                     layer_classes={str(k): v for k, v in classes.items()} if classes else None)
 
 
 def _check_regexes(op: str, spec: _Model, source: str, line: int | None) -> None:
     pats: list[str] = []
+    if op == "add" and spec.for_each is not None:
+        pats.append(spec.for_each)
     keys = getattr(spec, "keys", None)
     if keys is not None:
         pats += [keys] if isinstance(keys, str) else list(keys)
@@ -354,7 +399,8 @@ def json_schema() -> dict:
         wrappers.append({
             "type": "object",
             "title": name,
-            "properties": {name: {"$ref": f"#/$defs/{model.__name__}"}, "expect": {"$ref": "#/$defs/Expect"}},
+            "properties": {name: {"$ref": f"#/$defs/{model.__name__}"}, "expect": {"$ref": "#/$defs/Expect"},
+                           "optional": {"type": "boolean", "description": "may match no tensor"}},
             "required": [name],
             "additionalProperties": False,
         })
@@ -376,6 +422,7 @@ def json_schema() -> dict:
                        "name -> layer expression",
                        "anyOf": [{"type": "string"}, {"type": "object"}]},
             "target_kwargs": {"type": "object"},
+            "layer_classes": {"type": "object", "additionalProperties": {"type": "string"}},
             "rules": {"type": "array", "items": {"anyOf": wrappers}},
         },
         "$defs": defs,

@@ -1,0 +1,81 @@
+"""Every Keras/TF format of both real models converts into its PyTorch twin, and the twin's
+output equals the stored Keras output within 1e-5 — with the generic preset and no hand edits."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nets
+from conftest import KERAS
+
+FORMATS = ["{}.keras", "{}.weights.h5", "{}_legacy.h5", "{}_tf1", "{}_tf2", "{}.npz"]
+
+
+def twin_output(model, weights, x):
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiny_cnn(cli, tmp_path, fmt):
+    out = tmp_path / "tiny.safetensors"
+    r = cli("apply", KERAS / fmt.format("tiny_cnn"), "-r", "keras-to-torch", "--target", "tests/nets.py:TinyCNN",
+            "-o", out)
+    assert r.exit_code == 0, r.stderr
+    io = np.load(KERAS / "tiny_cnn_io.npz")
+    y = twin_output(nets.TinyCNN(), load_file(out), io["x"].transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(y, io["y"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_conv1d(cli, tmp_path, fmt):
+    out = tmp_path / "c1.safetensors"
+    r = cli("apply", KERAS / fmt.format("conv1d"), "-r", "keras-to-torch", "--target", "tests/nets.py:Conv1DNet",
+            "-o", out)
+    assert r.exit_code == 0, r.stderr
+    io = np.load(KERAS / "conv1d_io.npz")
+    y = twin_output(nets.Conv1DNet(), load_file(out), io["x"].transpose(0, 2, 1))
+    np.testing.assert_allclose(y, io["y"], atol=1e-5, rtol=0)
+
+
+def test_batchnorm_eps_warning_and_folding(cli, tmp_path):
+    src = KERAS / "tiny_cnn.keras"
+    io = np.load(KERAS / "tiny_cnn_io.npz")
+    x = io["x"].transpose(0, 3, 1, 2)
+    out = tmp_path / "a.safetensors"
+    # a twin built with PyTorch's default eps: the converted weights load, but ckptfix warns
+    r = cli("apply", src, "-r", "keras-to-torch", "--target", "tests/nets.py:TinyCNN", "--target-kwargs",
+            "{eps: 1.0e-5}", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert "bn1" in r.stderr and "eps 0.001" in r.stderr and "bn_eps" in r.stderr
+    y = twin_output(nets.TinyCNN(eps=1e-5), load_file(out), x)
+    assert np.abs(y - io["y"]).max() > 1e-6  # the difference is real
+    # folding the eps difference into running_var makes it exact again, and silences the warning
+    fold = tmp_path / "fold.yaml"
+    fold.write_text("rules:\n  - bn_eps: {keys: '^bn1\\.running_var$', from: 0.001, to: 1.0e-5}\n")
+    out2 = tmp_path / "b.safetensors"
+    r = cli("apply", src, "-r", "keras-to-torch", "-r", fold, "--target", "tests/nets.py:TinyCNN",
+            "--target-kwargs", "{eps: 1.0e-5}", "-o", out2)
+    assert r.exit_code == 0, r.stderr
+    assert "eps" not in r.stderr
+    y2 = twin_output(nets.TinyCNN(eps=1e-5), load_file(out2), x)
+    np.testing.assert_allclose(y2, io["y"], atol=1e-5, rtol=0)
+
+
+def test_never_imports_tensorflow_or_keras(cli, tmp_path):
+    import sys
+
+    for f in ("tiny_cnn.keras", "tiny_cnn_legacy.h5", "tiny_cnn_tf2"):
+        assert cli("inspect", KERAS / f).exit_code == 0
+    assert not any(m == "tensorflow" or m == "keras" or m.startswith(("tensorflow.", "keras."))
+                   for m in sys.modules)
+
+
+def test_inspect_reads_keras_layers(cli):
+    r = cli("inspect", KERAS / "tiny_cnn.keras")
+    assert r.exit_code == 0
+    assert "conv1/kernel" in r.stdout and "Conv2D(in=3, out=8, kernel=3x3)" in r.stdout
+    assert "BatchNormalization" in r.stdout
