@@ -239,7 +239,7 @@ class _Planner:
                                f" -> {fmt_shape(new.shape)}{'' if new.dtype == e.meta.dtype else ' ' + new.dtype}")
             e.ops.append(bound)
             e.meta = new
-        return changes, names, summary or op
+        return changes, names, summary or _spec_summary(rule)
 
     def _rename_map(self, rule: Rule) -> dict[str, str]:
         s = rule.spec
@@ -333,8 +333,8 @@ class _Planner:
                 tl = t.layers.get(layer)
                 if tl is None:
                     continue
-                have = sum(m.numel for n, m in metas.items()
-                           if L.layer_of(n) == layer and L.split_key(n)[1] not in tl.buffers)
+                have = sum(m.numel for n, m in metas.items() if L.layer_of(n) == layer
+                           and L.split_key(n)[1] not in tl.buffers | L.BUFFER_NAMES)
                 step.layers.append({"layer": layer or "(root)", "params": have, "target_params": tl.params,
                                     "ok": have == tl.params})
         ex = rule.expect
@@ -431,6 +431,14 @@ def make_plan(metas: dict[str, TensorMeta], rules: list[Rule], target: Target | 
     fit = fit_report(final, target) if target is not None else None
     warnings = eps_warnings(p, target, layer_configs or {}) if target is not None else []
     return Plan(inputs=dict(metas), entries=p.entries, steps=steps, target=target, fit=fit, warnings=warnings)
+
+
+def _spec_summary(rule: Rule) -> str:
+    """A rule's description when it touched nothing (an optional rule that matched no tensor)."""
+    s = rule.spec
+    what = getattr(s, "layout", None) or (list(s.perm) if getattr(s, "perm", None) else "")
+    cls = f" [{', '.join(s.classes)}]" if getattr(s, "classes", None) else ""
+    return f"{rule.op} {what}{cls} (matched nothing)".replace("  ", " ")
 
 
 def _template(src: str) -> tuple[re.Pattern, list[str]]:
