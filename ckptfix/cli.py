@@ -108,7 +108,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 
 @app.command()
-def inspect(ckpt: Path, as_json: bool = Json, state_key: Optional[str] = StateKey,
+def inspect(ckpt: str, as_json: bool = Json, state_key: Optional[str] = StateKey,
             allow_global: Optional[List[str]] = AllowGlobal) -> None:
     """List tensors, read layers from their shapes (Conv2d(in=3, out=10, kernel=5x5)), count params."""
 
@@ -125,7 +125,7 @@ def inspect(ckpt: Path, as_json: bool = Json, state_key: Optional[str] = StateKe
 
 
 @app.command()
-def diff(ckpt: Path, target: str = typer.Option(..., "--target", "-t", help="Checkpoint, module:callable, file.py:callable, layer spec."),
+def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Checkpoint, module:callable, file.py:callable, layer spec."),
          target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
          state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
     """Say what does not fit the target, and why, in layer terms. Exit 0 if it fits, 1 if not."""
@@ -175,10 +175,10 @@ def _report(res, as_json: bool, verb: str) -> None:
 
 
 @app.command()
-def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
+def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
           rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules file or preset name; repeat to compose (none: convert/extract only)."),
-          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (or directory, for sharded output)."),
-          out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output directory, for several inputs."),
+          out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (or directory, for sharded output)."),
+          out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Output directory, for several inputs."),
           target: Optional[str] = typer.Option(None, "--target", "-t", help="Overrides the rules file's target."),
           target_kwargs: Optional[str] = TargetKw,
           fmt: Optional[str] = typer.Option(None, "--format", help="safetensors | pt (default: from -o's suffix, else the input's)."),
@@ -199,15 +199,16 @@ def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
             raise UsageError("give exactly one of -o OUT or --out-dir DIR (or --dry-run)")
         if out is not None and len(ckpts) > 1:
             raise UsageError("several inputs need --out-dir, not -o")
+        odir = Path(out_dir) if out_dir is not None else None
         size = parse_size(shard_size)
         composed = api.compose_rules(rules or [])
         opts = _opts(state_key, allow_global)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
         worst = EXIT_OK
         for inp in ckpts:
-            dest = out if out is not None else (_out_for(inp, out_dir, fmt) if out_dir is not None else None)
-            if out_dir is not None and not dry_run:
-                out_dir.mkdir(parents=True, exist_ok=True)
+            dest = out if out is not None else (_out_for(Path(inp), odir, fmt) if odir is not None else None)
+            if odir is not None and not dry_run:
+                odir.mkdir(parents=True, exist_ok=True)
             res = api.apply_file(inp, composed, dest, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
                                  shard_size=size, opts=opts)
             _report(res, as_json, "dry-run" if dry_run else "apply")
@@ -222,7 +223,7 @@ def apply(ckpts: List[Path] = typer.Argument(..., help="Input checkpoint(s)."),
 
 
 @app.command()
-def check(ckpts: List[Path] = typer.Argument(..., help="Checkpoint(s) to check."),
+def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check."),
           target: Optional[str] = typer.Option(None, "--target", "-t", help="What they must fit."),
           rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules to apply (on metadata) first."),
           target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,

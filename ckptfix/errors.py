@@ -42,13 +42,18 @@ class InputError(CkptfixError):
 class UnsafePickleError(InputError):
     """A pickle needs globals that are not allow-listed; ``names`` lists them."""
 
+    # modules torch's weights_only unpickler blocks even when allow-listed
+    BLOCKED = ("os.", "posix.", "nt.", "subprocess.", "sys.", "builtins.eval", "builtins.exec", "runpy.")
+
     def __init__(self, path: str | Path, names: list[str]) -> None:
         self.names = names
         listed = ", ".join(names) if names else "unknown"
+        blocked = names and all(n.startswith(self.BLOCKED) for n in names)
         super().__init__(
             path,
             f"refused to unpickle: needs non-allowlisted global(s) {listed}",
-            hint="if you trust this file, pass --allow-global NAME for each",
+            hint="these can run code and are never allowed: do not use this file" if blocked
+            else "if you trust this file, pass --allow-global NAME for each",
         )
 
 

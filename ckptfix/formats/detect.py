@@ -77,20 +77,25 @@ def classify(path: str | Path) -> str:
         raise InputError(p, f"cannot read: {e.strerror or e}") from None
     if not head:
         raise InputError(p, "is empty (0 bytes)")
+    if len(head) < 9:  # shorter than any checkpoint (a safetensors length alone is 8 bytes)
+        raise InputError(p, f"truncated or not a checkpoint: only {len(head)} bytes")
     if head.startswith(ZIP_MAGIC) or head.startswith(EMPTY_ZIP_MAGIC):
         return _classify_zip(p)
     if head.startswith(HDF5_MAGIC):
         return "keras-h5"
     if head.startswith(NPY_MAGIC):
         return "npy"
-    if head.startswith(TORCH_LEGACY_MAGIC) or head[:1] == b"\x80":
+    if head.startswith(TORCH_LEGACY_MAGIC):
+        return "pt-legacy"
+    # before the bare pickle check: a safetensors header length of 128 mod 256 starts with 0x80 too
+    if _looks_like_safetensors(head, st.st_size):
+        return "safetensors"
+    if head[:1] == b"\x80":
         return "pt-legacy"
     if p.name.endswith(".index") and Path(str(p)[: -len(".index")] + ".data-00000-of-00001").exists():
         return "tf-checkpoint"
     if p.name.endswith(".index") and any(p.parent.glob(p.name[: -len(".index")] + ".data-*")):
         return "tf-checkpoint"
-    if _looks_like_safetensors(head, st.st_size):
-        return "safetensors"
     raise _not_a_checkpoint(p, head)
 
 

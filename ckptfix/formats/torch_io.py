@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import re
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ def _describe_load_error(path: Path, e: Exception) -> InputError:
         return InputError(path, "truncated or corrupt zip archive (no central directory)")
     if "record size" in msg or "does not match expected size" in msg:
         return InputError(path, "a storage record is shorter than declared (truncated or corrupt)")
-    if "Cannot use weights_only" in msg:
+    if "Cannot use weights_only" in msg or "Cannot use ``weights_only" in msg:
         first = msg.splitlines()[0]
         return InputError(path, f"unsupported PyTorch format: {first[:160]}")
     if "Unsupported operand" in msg:
@@ -163,21 +164,18 @@ class TorchReader(Reader):
         super().__init__(path)
         torch = _torch()
         self.legacy = legacy
+        self.eager = legacy  # eager: tensors already hold their data (read whole by torch.load)
         if legacy:
             self.format = "pt-legacy"
-        allowed = [resolve_global(n) for n in allow_globals]
-        try:
-            with torch.serialization.safe_globals(allowed):
-                # legacy (non-zip) files cannot be loaded lazily: they are read whole.
-                self.container = torch.load(self.path, weights_only=True,
-                                            map_location="cpu" if legacy else "meta")
-        except InputError:
-            raise
-        except (MemoryError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # torch raises a zoo of types on bad files (see notes)
-            raise _describe_load_error(self.path, e) from None
+        self._allowed = [resolve_global(n) for n in allow_globals]
+        # legacy (non-zip) files cannot be loaded lazily: they are read whole.
+        self.container = self._load("cpu" if legacy else "meta")
         self.state_path = find_state_dict(self.container, state_key, self.path)
+        if not legacy and not self._check_storages():
+            # A zip not laid out by torch's writer (re-packed by another tool): torch's computed
+            # storage offsets match no record, so read it whole instead, as torch.load does.
+            self.eager = True
+            self.container = self._load("cpu")
         self.state = get_path(self.container, self.state_path)
         self._metas: dict[str, TensorMeta] = {}
         for name, t in self.state.items():
@@ -185,10 +183,24 @@ class TorchReader(Reader):
                 self._metas[name] = TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype))
             except KeyError:
                 raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
-        if not legacy:
-            self._check_storages()
 
-    def _check_storages(self) -> None:
+    def _load(self, map_location: str):
+        torch = _torch()
+        try:
+            with torch.serialization.safe_globals(self._allowed), warnings.catch_warnings():
+                # torch warns (on stderr) about odd pickle protocols in broken files; we report errors ourselves
+                warnings.simplefilter("ignore")
+                return torch.load(self.path, weights_only=True, map_location=map_location)
+        except InputError:
+            raise
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # torch raises a zoo of types on bad files (see notes)
+            raise _describe_load_error(self.path, e) from None
+
+    def _check_storages(self) -> bool:
+        """Check every storage against its zip record before any is read. False if torch's
+        offsets match no record at all (a zip written by another tool)."""
         import os
 
         try:
@@ -206,13 +218,14 @@ class TorchReader(Reader):
             off = getattr(st, "_checkpoint_offset", None)
             info = records.get(off)
             if off is None or info is None:
-                raise InputError(self.path, f"tensor {name}: storage offset does not match any zip record")
+                return False
             if info.compress_type != zipfile.ZIP_STORED:
                 raise InputError(self.path, f"tensor {name}: storage record {info.filename} is compressed "
                                  "(torch would read it as raw bytes: wrong values)")
             if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
                 raise InputError(self.path, f"tensor {name}: storage record {info.filename} holds "
                                  f"{info.file_size} bytes, expected {nbytes} (truncated or corrupt)")
+        return True
 
     @staticmethod
     def _walk_tensors(obj, prefix: str = ""):
@@ -234,8 +247,8 @@ class TorchReader(Reader):
         """Read the data behind one meta tensor of this file."""
         import torch
 
-        if self.legacy or t.device.type != "meta":
-            return t.detach().clone() if self.legacy else t
+        if self.eager or t.device.type != "meta":
+            return t.detach().clone() if self.eager else t
         if t.numel() == 0:
             return torch.empty(t.shape, dtype=t.dtype)
         st = t.untyped_storage()

@@ -24,6 +24,10 @@ def _axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
+def _fmt(v) -> str:
+    return "" if v is None else str(v)
+
+
 class Op:
     def shape(self, meta: TensorMeta) -> TensorMeta:
         raise NotImplementedError
@@ -87,12 +91,12 @@ class Slice(Op):
             return tuple(i % n for i in self.index)
         for v in (self.start, self.stop):
             if v is not None and not -n <= v <= n:
-                raise OpError(f"slice {self.start}:{self.stop} is out of range for an axis of size {n}")
+                raise OpError(f"slice {_fmt(self.start)}:{_fmt(self.stop)} is out of range for an axis of size {n}")
         if self.step is not None and self.step <= 0:
             raise OpError("slice step must be positive")
         r = range(n)[slice(self.start, self.stop, self.step)]
         if len(r) == 0:
-            raise OpError(f"slice {self.start}:{self.stop} of an axis of size {n} is empty")
+            raise OpError(f"slice {_fmt(self.start)}:{_fmt(self.stop)} of an axis of size {n} is empty")
         return r
 
     def shape(self, meta):

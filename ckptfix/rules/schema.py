@@ -278,7 +278,9 @@ TOP_FIELDS = {"ckptfix": "format version (1)", "target": "what to fit", "target_
 
 
 def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines: dict, source: str) -> RulesError:
-    err = e.errors()[0]
+    # an unknown field first: a misspelt required field ("sizes") also shows up as "size missing"
+    errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+    err = errors[0]
     loc = tuple(err.get("loc", ()))
     path = base + loc
     line = _line_for(lines, path)
