@@ -9,6 +9,14 @@ DATA = Path(__file__).parent / "data"
 TORCH = DATA / "torch"
 KERAS = DATA / "keras"
 
+# The variables of the two Keras fixture models, as ckptfix names them (`<layer>/<variable>`).
+KERAS_EXPECTED = {
+    "tiny_cnn": ["conv1/kernel", "conv1/bias", "bn1/gamma", "bn1/beta", "bn1/moving_mean",
+                 "bn1/moving_variance", "conv2/kernel", "conv2/bias", "fc/kernel", "fc/bias"],
+    "conv1d": ["conv1d/kernel", "conv1d/bias", "conv1d_1/kernel", "conv1d_1/bias",
+               "dense/kernel", "dense/bias"],
+}
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -18,12 +18,7 @@ from ckptfix.formats.keras_h5 import (KerasArchiveReader, KerasH5Reader, KerasSh
 
 DATA = Path(__file__).parent / "data" / "keras"
 
-EXPECTED = {
-    "tiny_cnn": ["conv1/kernel", "conv1/bias", "bn1/gamma", "bn1/beta", "bn1/moving_mean",
-                 "bn1/moving_variance", "conv2/kernel", "conv2/bias", "fc/kernel", "fc/bias"],
-    "conv1d": ["conv1d/kernel", "conv1d/bias", "conv1d_1/kernel", "conv1d_1/bias",
-               "dense/kernel", "dense/bias"],
-}
+from conftest import KERAS_EXPECTED as EXPECTED  # noqa: E402
 CLASSES = {
     "tiny_cnn": {"conv1": "Conv2D", "bn1": "BatchNormalization", "conv2": "Conv2D",
                  "fc": "Dense"},

@@ -19,25 +19,19 @@ def twin_output(model, weights, x):
         return model(torch.from_numpy(x)).numpy()
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_tiny_cnn(cli, tmp_path, fmt):
-    out = tmp_path / "tiny.safetensors"
-    r = cli("apply", KERAS / fmt.format("tiny_cnn"), "-r", "keras-to-torch", "--target", "tests/nets.py:TinyCNN",
-            "-o", out)
-    assert r.exit_code == 0, r.stderr
-    io = np.load(KERAS / "tiny_cnn_io.npz")
-    y = twin_output(nets.TinyCNN(), load_file(out), io["x"].transpose(0, 3, 1, 2))
-    np.testing.assert_allclose(y, io["y"], atol=1e-5, rtol=0)
+TWINS = {"tiny_cnn": (nets.TinyCNN, (0, 3, 1, 2)), "conv1d": (nets.Conv1DNet, (0, 2, 1))}
 
 
+@pytest.mark.parametrize("model", list(TWINS))
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_conv1d(cli, tmp_path, fmt):
-    out = tmp_path / "c1.safetensors"
-    r = cli("apply", KERAS / fmt.format("conv1d"), "-r", "keras-to-torch", "--target", "tests/nets.py:Conv1DNet",
+def test_every_format_matches_keras(cli, tmp_path, model, fmt):
+    cls, to_channels_first = TWINS[model]
+    out = tmp_path / "out.safetensors"
+    r = cli("apply", KERAS / fmt.format(model), "-r", "keras-to-torch", "--target", f"tests/nets.py:{cls.__name__}",
             "-o", out)
     assert r.exit_code == 0, r.stderr
-    io = np.load(KERAS / "conv1d_io.npz")
-    y = twin_output(nets.Conv1DNet(), load_file(out), io["x"].transpose(0, 2, 1))
+    io = np.load(KERAS / f"{model}_io.npz")
+    y = twin_output(cls(), load_file(out), io["x"].transpose(*to_channels_first))
     np.testing.assert_allclose(y, io["y"], atol=1e-5, rtol=0)
 
 

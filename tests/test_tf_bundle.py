@@ -24,12 +24,7 @@ import tf_bundle_writer as tw  # noqa: E402
 DATA = Path(__file__).parent / "data" / "keras"
 
 TF1_RENAME = {"weights": "kernel", "biases": "bias"}
-EXPECTED = {
-    "tiny_cnn": ["conv1/kernel", "conv1/bias", "bn1/gamma", "bn1/beta", "bn1/moving_mean",
-                 "bn1/moving_variance", "conv2/kernel", "conv2/bias", "fc/kernel", "fc/bias"],
-    "conv1d": ["conv1d/kernel", "conv1d/bias", "conv1d_1/kernel", "conv1d_1/bias",
-               "dense/kernel", "dense/bias"],
-}
+from conftest import KERAS_EXPECTED as EXPECTED  # noqa: E402
 TF1_EXPECTED = {
     "tiny_cnn": ["bn1/beta", "bn1/gamma", "bn1/moving_mean", "bn1/moving_variance",
                  "conv1/biases", "conv1/weights", "conv2/biases", "conv2/weights",

@@ -117,35 +117,29 @@ def _classify_zip(p: Path) -> str:
                      f"(entries: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
 
 
+# format -> (module in ckptfix.formats, reader class); imported only when that format is read
+READERS = {
+    "safetensors": ("safetensors_io", "SafetensorsReader"),
+    "safetensors-sharded": ("safetensors_io", "ShardedSafetensorsReader"),
+    "pt": ("torch_io", "TorchReader"),
+    "pt-legacy": ("torch_io", "TorchReader"),
+    "keras-h5": ("keras_h5", "KerasH5Reader"),
+    "keras-archive": ("keras_h5", "KerasArchiveReader"),
+    "keras-sharded": ("keras_h5", "KerasShardedReader"),
+    "tf-checkpoint": ("tf_bundle", "TFCheckpointReader"),
+    "npz": ("numpy_io", "NpzReader"),
+    "npy": ("numpy_io", "NpyReader"),
+}
+
+
 def open_checkpoint(path: str | Path, *, state_key: str | None = None,
-                    allow_globals: tuple[str, ...] = ()) :
+                    allow_globals: tuple[str, ...] = ()):
     """Open any supported checkpoint and return its Reader."""
+    import importlib
+
     fmt = classify(path)
-    if fmt == "safetensors":
-        from .safetensors_io import SafetensorsReader
-        return SafetensorsReader(path)
-    if fmt == "safetensors-sharded":
-        from .safetensors_io import ShardedSafetensorsReader
-        return ShardedSafetensorsReader(path)
+    module, cls = READERS[fmt]
+    reader = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
     if fmt in ("pt", "pt-legacy"):
-        from .torch_io import TorchReader
-        return TorchReader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
-    if fmt == "keras-h5":
-        from .keras_h5 import KerasH5Reader
-        return KerasH5Reader(path)
-    if fmt == "keras-archive":
-        from .keras_h5 import KerasArchiveReader
-        return KerasArchiveReader(path)
-    if fmt == "keras-sharded":
-        from .keras_h5 import KerasShardedReader
-        return KerasShardedReader(path)
-    if fmt == "tf-checkpoint":
-        from .tf_bundle import TFCheckpointReader
-        return TFCheckpointReader(path)
-    if fmt == "npz":
-        from .numpy_io import NpzReader
-        return NpzReader(path)
-    if fmt == "npy":
-        from .numpy_io import NpyReader
-        return NpyReader(path)
-    raise AssertionError(fmt)
+        return reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
+    return reader(path)
