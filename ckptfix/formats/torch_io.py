@@ -190,7 +190,10 @@ class TorchReader(Reader):
             with torch.serialization.safe_globals(self._allowed), warnings.catch_warnings():
                 # torch warns (on stderr) about odd pickle protocols in broken files; we report errors ourselves
                 warnings.simplefilter("ignore")
-                return torch.load(self.path, weights_only=True, map_location=map_location)
+                # a file object, not the path: torch.load dispatches on the file name (.safetensors),
+                # and the format was already decided from the bytes
+                with open(self.path, "rb") as f:
+                    return torch.load(f, weights_only=True, map_location=map_location)
         except InputError:
             raise
         except (MemoryError, KeyboardInterrupt):
