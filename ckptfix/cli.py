@@ -145,6 +145,33 @@ def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Chec
     _exit(_run(go))
 
 
+@app.command()
+def explain(source: str = typer.Argument("-", help="A file holding the pasted error, or - for stdin."),
+            as_json: bool = Json) -> None:
+    """Read a pasted load_state_dict error: each mismatch as layers, the likely cause, the fixing rule."""
+
+    def go():
+        from .explain import explain as run_explain
+        from .render import explain_text
+
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                text = Path(source).read_text("utf-8", errors="replace")
+            except OSError as e:
+                raise UsageError(f"{source}: cannot read: {e.strerror or e}") from None
+        info = run_explain(text)
+        if not (info["mismatches"] or info["missing"] or info["unexpected"]):
+            raise UsageError(f"{'stdin' if source == '-' else source}: no load_state_dict error found "
+                             "(expected 'size mismatch for ...', 'Missing key(s)' or 'Unexpected key(s)')")
+        if as_json:
+            _emit_json(info)
+        else:
+            print(explain_text(info))
+    _exit(_run(go))
+
+
 def _out_for(inp: Path, out_dir: Path, fmt: Optional[str]) -> Path:
     name = inp.name if inp.is_file() else inp.name + ".safetensors"
     if fmt == "safetensors" and not name.endswith(".safetensors"):

@@ -68,11 +68,12 @@ class Fit:
     params: int
     target_params: int
     notes: list[str] = field(default_factory=list)   # e.g. dtype differences (load_state_dict casts)
+    causes: list = field(default_factory=list)       # diagnose.Cause: why it does not fit, and the fix
 
     def to_json(self) -> dict:
         return {"fits": self.fits, "missing": self.missing, "unexpected": self.unexpected,
                 "mismatched": self.mismatched, "params": self.params, "target_params": self.target_params,
-                "notes": self.notes}
+                "notes": self.notes, "causes": [c.to_json() for c in self.causes]}
 
 
 @dataclass
@@ -369,9 +370,15 @@ def fit_report(metas: dict[str, TensorMeta], target: Target) -> Fit:
                                "hint": mismatch_hint(n, m, t, metas, target)})
         elif t.dtype != m.dtype:
             notes.append(f"{n}: {m.dtype} in the checkpoint, {t.dtype} in the target (load_state_dict casts)")
-    return Fit(fits=not (missing or unexpected or mismatched), missing=missing, unexpected=unexpected,
-               mismatched=mismatched, params=count_params(metas, target), target_params=target.params,
-               notes=notes)
+    fits = not (missing or unexpected or mismatched)
+    causes = []
+    if not fits:
+        from .diagnose import diagnose
+
+        causes = diagnose({n: m.shape for n, m in metas.items()}, {n: m.shape for n, m in target.tensors.items()},
+                          list(target.tensors))
+    return Fit(fits=fits, missing=missing, unexpected=unexpected, mismatched=mismatched,
+               params=count_params(metas, target), target_params=target.params, notes=notes, causes=causes)
 
 
 def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: Target) -> str:

@@ -65,6 +65,15 @@ def fit_text(fit: Fit, what: str, target_desc: str) -> str:
     out.append(f"  params: {human_count(fit.params)} vs target {human_count(fit.target_params)}")
     for n in fit.notes:
         out.append(f"  note: {n}")
+    if fit.causes:
+        from .diagnose import rules_yaml
+
+        out.append("cause:" if len(fit.causes) == 1 else "causes:")
+        out += [f"  - {c.message}" for c in fit.causes]
+        fix = rules_yaml(fit.causes)
+        if fix:
+            out.append("rules that fix it:")
+            out.append(fix.rstrip())
     return "\n".join(out)
 
 
@@ -93,3 +102,33 @@ def steps_text(plan: Plan) -> str:
         rows.append([str(s.index), s.summary, s.where, changes or "-", human_count(s.params), "; ".join(checks) or "-"])
     return _table(rows, ["#", "rule", "where", "changes", "params", "checks"])
 
+
+
+def explain_text(info: dict) -> str:
+    out = []
+    if info["mismatches"]:
+        rows = []
+        for m in info["mismatches"]:
+            ly = m["layer"]
+            model = fmt_shape(m["model"]) if m["model"] is not None else "? (cut off)"
+            reading = f"{ly['checkpoint']} -> {ly['model']}" if ly["checkpoint"] and ly["model"] else (ly["checkpoint"] or "")
+            rows.append([m["name"], fmt_shape(m["checkpoint"]), model, "; ".join(m["differs"]) or "-", reading])
+        out.append(_table(rows, ["tensor", "checkpoint", "model", "differs", "layer"]))
+        params = {(m["layer"]["checkpoint"], m["layer"]["checkpoint_params"], m["layer"]["model_params"])
+                  for m in info["mismatches"] if m["layer"]["checkpoint_params"] is not None
+                  and m["layer"]["model_params"] is not None}
+        for desc, a, b in sorted(params, key=str):
+            out.append(f"  {desc}: {human_count(a)} params in the checkpoint, {human_count(b)} in the model")
+    if info["missing"]:
+        out.append("missing (the model has them, the checkpoint does not): " + _names(info["missing"]))
+    if info["unexpected"]:
+        out.append("unexpected (the checkpoint has them, the model does not): " + _names(info["unexpected"]))
+    out.append("cause:" if len(info["causes"]) == 1 else "causes:")
+    for c in info["causes"] or [{"message": "not recognised: compare the shapes above", "fixable": False}]:
+        out.append(f"  - {c['message']}")
+    if info["rules_yaml"]:
+        out.append("a rules file that fixes it (ckptfix apply CKPT -r fix.yaml -o OUT):")
+        out.append(info["rules_yaml"].rstrip())
+    elif info["causes"] and not any(c["fixable"] for c in info["causes"]):
+        out.append("no rule can fix this.")
+    return "\n".join(out)
