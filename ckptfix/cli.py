@@ -146,6 +146,46 @@ def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Chec
 
 
 @app.command()
+def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="What the checkpoint must fit."),
+            out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the rules file here (default: print it)."),
+            force: bool = typer.Option(False, "--force", help="Replace an existing rules file."),
+            target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
+            state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+    """Write a commented rules file that makes CKPT fit the target, proven by a dry-run plan. Exit 1 if it cannot."""
+
+    def go():
+        from . import api
+        from .formats.atomic import atomic_file
+        from .render import fit_text, steps_text
+        from .suggest import suggest as run_suggest
+
+        opts = _opts(state_key, allow_global)
+        tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
+        if out is not None and Path(out).exists() and not force:
+            raise UsageError(f"{out}: already exists (use --force to replace it)")
+        with opts.open(ckpt) as r:
+            sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), source_format=r.format,
+                              target_spec=target if not target_kwargs else None, source=str(ckpt))
+        if out is not None:
+            with atomic_file(out) as tmp:
+                Path(tmp).write_text(sug.text)
+        if as_json:
+            _emit_json({"input": ckpt, "output": out, "fits": sug.fits, "rules": sug.text,
+                        "steps": [s.to_json() for s in sug.plan.steps], **sug.unmatched})
+        else:
+            if out is None:
+                print(sug.text.rstrip())
+            if sug.plan.steps:
+                print(f"{ckpt}: plan of the suggested rules (dry run)")
+                print(steps_text(sug.plan))
+            print(fit_text(sug.plan.fit, "result", tgt.description))
+            if out is not None:
+                print(f"wrote {out}" + ("" if sug.fits else " (incomplete: see above)"))
+        return EXIT_OK if sug.fits else EXIT_DOES_NOT_FIT
+    _exit(_run(go))
+
+
+@app.command()
 def explain(source: str = typer.Argument("-", help="A file holding the pasted error, or - for stdin."),
             as_json: bool = Json) -> None:
     """Read a pasted load_state_dict error: each mismatch as layers, the likely cause, the fixing rule."""

@@ -67,3 +67,15 @@ class Conv1DNet(nn.Module):
         x = torch.relu(self.conv1d(x))
         x = self.conv1d_1(x)
         return self.dense(x.mean(dim=2))
+
+
+class Conv1DSeq(nn.Module):
+    """The conv1d twin with module names that share nothing with the Keras layer names."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 6, 3))
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=2))

@@ -24,12 +24,27 @@ def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
 
 
-def parse_text(text: str, source: str = "<rules>", base_dir: Path | None = None) -> RulesFile:
+def parse_text(text: str, source: str = "<rules>", base_dir: Path | None = None, _seen: tuple = ()) -> RulesFile:
     data, lines = load_yaml(text, source)
-    return parse_rules(data, lines, source, base_dir)
+    rf = parse_rules(data, lines, source, base_dir)
+    if rf.include:
+        # included files' rules run first, in order; their classes are defaults this file overrides
+        rules, classes = [], {}
+        for ref in rf.include:
+            p = Path(ref)
+            if base_dir is not None and not p.is_absolute() and (base_dir / p).exists():
+                p = base_dir / p
+            if str(p) in _seen or ref in _seen:
+                raise RulesError(f"{source}: include {ref!r} includes itself")
+            inc = load_rules(p if p.exists() else ref, _seen + (source, ref, str(p)))
+            rules += inc.rules
+            classes.update(inc.layer_classes or {})
+        rf.rules = rules + rf.rules
+        rf.layer_classes = {**classes, **(rf.layer_classes or {})} or None
+    return rf
 
 
-def load_rules(ref: str | Path) -> RulesFile:
+def load_rules(ref: str | Path, _seen: tuple = ()) -> RulesFile:
     """Load a rules file by path, or a preset by name (``strip-ddp-prefix``)."""
     p = Path(ref)
     if not p.exists():
@@ -52,4 +67,4 @@ def load_rules(ref: str | Path) -> RulesFile:
         raise RulesError(f"{p}: not a text (UTF-8) file") from None
     except OSError as e:
         raise RulesError(f"{p}: cannot read: {e.strerror or e}") from None
-    return parse_text(text, str(ref) if not Path(ref).exists() else str(p), p.parent)
+    return parse_text(text, str(ref) if not Path(ref).exists() else str(p), p.parent, _seen)

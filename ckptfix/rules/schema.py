@@ -208,6 +208,7 @@ class RulesFile:
     source: str = "<rules>"
     base_dir: Path | None = None
     layer_classes: dict[str, str] | None = None
+    include: list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +275,8 @@ def _suggest(word: str, choices) -> str | None:
 
 TOP_FIELDS = {"ckptfix": "format version (1)", "target": "what to fit", "target_kwargs": "kwargs for a model factory",
               "rules": "the list of rules", "description": "free text",
-              "layer_classes": "layer name -> Keras class, for files that do not record it"}
+              "layer_classes": "layer name -> Keras class, for files that do not record it",
+              "include": "presets or rules files whose rules run first"}
 
 
 def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines: dict, source: str) -> RulesError:
@@ -368,8 +370,14 @@ def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = Non
     if classes is not None and not (isinstance(classes, dict) and all(isinstance(v, str) for v in classes.values())):
         raise RulesError("layer_classes must map layer names to class names", source=source,
                          line=_line_for(lines, ("layer_classes",)))
+    include = data.get("include")
+    if isinstance(include, str):
+        include = [include]
+    if include is not None and not (isinstance(include, list) and all(isinstance(i, str) for i in include)):
+        raise RulesError("include must be a preset name or a list of them (or of rules files)", source=source,
+                         line=_line_for(lines, ("include",)))
     return RulesFile(rules=rules, target=data.get("target"), target_kwargs=kwargs, source=source, base_dir=base_dir,
-                     layer_classes={str(k): v for k, v in classes.items()} if classes else None)
+                     layer_classes={str(k): v for k, v in classes.items()} if classes else None, include=include)
 
 
 def _check_regexes(op: str, spec: _Model, source: str, line: int | None) -> None:
@@ -425,6 +433,8 @@ def json_schema() -> dict:
                        "anyOf": [{"type": "string"}, {"type": "object"}]},
             "target_kwargs": {"type": "object"},
             "layer_classes": {"type": "object", "additionalProperties": {"type": "string"}},
+            "include": {"description": TOP_FIELDS["include"],
+                        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
             "rules": {"type": "array", "items": {"anyOf": wrappers}},
         },
         "$defs": defs,

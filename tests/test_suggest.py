@@ -1,0 +1,81 @@
+"""suggest + apply, with no hand edits, makes checkpoints fit and load strictly."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import nets
+from conftest import KERAS, TORCH
+
+NETS = "tests/nets.py"
+
+
+def suggest_then_apply(cli, tmp_path, src, target):
+    rules = tmp_path / "rules.yaml"
+    r = cli("suggest", src, "--target", target, "-o", rules)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    out = tmp_path / "out.safetensors"
+    r = cli("apply", src, "-r", rules, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    return rules.read_text(), load_file(out)
+
+
+def test_seed_case_pad_is_marked_for_review(cli, tmp_path):
+    text, sd = suggest_then_apply(cli, tmp_path, TORCH / "seed_conv10.pt", "Conv2d(3, 15, 5)")
+    assert "# review:" in text and "- pad:" in text
+    old, new = torch.nn.Conv2d(3, 10, 5), torch.nn.Conv2d(3, 15, 5)
+    old.load_state_dict(torch.load(TORCH / "seed_conv10.pt", weights_only=True))
+    new.load_state_dict(sd, strict=True)
+    x = torch.randn(1, 3, 9, 9)
+    assert torch.equal(new(x)[:, :10], old(x))
+
+
+@pytest.mark.parametrize("name,cls,prefix", [("ddp_net.pt", "SmallNet", "module."),
+                                              ("compiled_net.pt", "SmallNet", "_orig_mod."),
+                                              ("lightning_net.ckpt", "LightningNet", None)])
+def test_torch_fixtures(cli, tmp_path, name, cls, prefix):
+    text, sd = suggest_then_apply(cli, tmp_path, TORCH / name, f"{NETS}:{cls}")
+    if prefix:
+        assert f"strip_prefix: {prefix}" in text
+    model = getattr(nets, cls)()
+    model.load_state_dict(sd, strict=True)
+    orig = torch.load(TORCH / name, weights_only=True)
+    orig = orig.get("state_dict", orig)
+    ref = getattr(nets, cls)()
+    ref.load_state_dict({k.removeprefix(prefix or ""): v for k, v in orig.items()})
+    model.eval(), ref.eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(model(x), ref(x))
+
+
+FORMATS = ["{}.keras", "{}.weights.h5", "{}_legacy.h5", "{}_tf1", "{}_tf2", "{}.npz"]
+TWINS = {"tiny_cnn": ("TinyCNN", (0, 3, 1, 2)), "conv1d": ("Conv1DSeq", (0, 2, 1))}
+
+
+@pytest.mark.parametrize("model", list(TWINS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keras_fixtures_into_their_twins(cli, tmp_path, model, fmt):
+    cls, perm = TWINS[model]
+    text, sd = suggest_then_apply(cli, tmp_path, KERAS / fmt.format(model), f"{NETS}:{cls}")
+    assert "keras-to-torch" in text
+    twin = getattr(nets, cls)()
+    twin.load_state_dict(sd, strict=True)
+    twin.eval()
+    io = np.load(KERAS / f"{model}_io.npz")
+    with torch.no_grad():
+        y = twin(torch.from_numpy(io["x"].transpose(*perm))).numpy()
+    np.testing.assert_allclose(y, io["y"], atol=1e-5, rtol=0)
+
+
+def test_conv1d_names_matched_by_order(cli, tmp_path):
+    text, _ = suggest_then_apply(cli, tmp_path, KERAS / "conv1d.keras", f"{NETS}:Conv1DSeq")
+    assert "conv1d_1.weight: features.2.weight" in text and "dense.bias: head.bias" in text
+
+
+def test_cannot_fit_a_different_variant(cli, tmp_path):
+    rules = tmp_path / "r.yaml"
+    r = cli("suggest", TORCH / "seed_conv10.pt", "--target", "Conv2d(3, 10, 3)", "-o", rules)
+    assert r.exit_code == 1
+    assert "does not fit" in r.stdout and "kernel_size 5x5 -> 3x3" in r.stdout
+    assert "cannot fix" in rules.read_text()
