@@ -154,7 +154,7 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
                 raise DoesNotFit(f"{path}: after the rules, the checkpoint does not fit {plan.target.description}: "
                                  + _misfit_summary(plan.fit))
             if not dry_run:
-                kind = output_format(Path(out), fmt, reader.format, shard_size)
+                kind = output_format(out, fmt, reader.format, shard_size)
                 written = execute(plan, reader, out, kind, force=force, shard_size=shard_size)
                 res.warnings += written.warnings
             res.warnings += reader.warnings()
@@ -163,6 +163,12 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
         if raise_on_error:
             raise
         res.error, res.exit_code, res.ok = str(e), e.exit_code, False
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # a failure mode not mapped yet: still a result, never a crash of the batch
+        if raise_on_error:
+            raise
+        res.error, res.exit_code, res.ok = f"{path}: internal error: {type(e).__name__}: {e}", 2, False
     finally:
         res.seconds = time.perf_counter() - t0
     return res

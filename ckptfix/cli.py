@@ -69,7 +69,8 @@ def _kwargs(text: Optional[str]) -> Optional[dict]:
     try:
         v = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise UsageError(f"--target-kwargs: not a YAML/JSON mapping: {e}") from None
+        why = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"--target-kwargs: not a YAML/JSON mapping: {why}") from None
     if not isinstance(v, dict):
         raise UsageError("--target-kwargs must be a mapping, e.g. '{num_classes: 15}'")
     return v
@@ -145,6 +146,18 @@ def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Chec
     _exit(_run(go))
 
 
+def _relative_to(spec: str, where: Optional[Path]) -> str:
+    """Rewrite a path-like target so that it resolves from a rules file written in ``where``."""
+    import os
+
+    if where is None:
+        return spec
+    path, sep, attr = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
+    if not Path(path).exists():
+        return spec
+    return os.path.relpath(Path(path).resolve(), where.resolve()) + sep + attr
+
+
 @app.command()
 def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="What the checkpoint must fit."),
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the rules file here (default: print it)."),
@@ -165,7 +178,8 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             raise UsageError(f"{out}: already exists (use --force to replace it)")
         with opts.open(ckpt) as r:
             sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), source_format=r.format,
-                              target_spec=target if not target_kwargs else None, source=str(ckpt))
+                              target_spec=_relative_to(target, Path(out).parent if out else None)
+                              if not target_kwargs else None, source=str(ckpt))
         if out is not None:
             with atomic_file(out) as tmp:
                 Path(tmp).write_text(sug.text)
@@ -213,6 +227,8 @@ def explain(source: str = typer.Argument("-", help="A file holding the pasted er
 
 
 def _out_for(inp: Path, out_dir: Path, fmt: Optional[str]) -> Path:
+    if inp.name.endswith(".index.json"):  # a sharded input named by its index: the directory's name
+        inp = inp.parent
     name = inp.name if inp.is_file() else inp.name + ".safetensors"
     if fmt == "safetensors" and not name.endswith(".safetensors"):
         name = Path(name).stem + ".safetensors"
@@ -267,6 +283,9 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
         if out is not None and len(ckpts) > 1:
             raise UsageError("several inputs need --out-dir, not -o")
         odir = Path(out_dir) if out_dir is not None else None
+        if odir is not None and odir.exists() and not odir.is_dir():
+            raise UsageError(f"--out-dir {out_dir}: exists and is not a directory")
+        written: dict[Path, str] = {}
         size = parse_size(shard_size)
         composed = api.compose_rules(rules or [])
         opts = _opts(state_key, allow_global)
@@ -276,6 +295,10 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
             dest = out if out is not None else (_out_for(Path(inp), odir, fmt) if odir is not None else None)
             if odir is not None and not dry_run:
                 odir.mkdir(parents=True, exist_ok=True)
+                if dest in written:
+                    raise UsageError(f"{inp} and {written[dest]} would both be written to {dest}; "
+                                     "give them separate runs or rename one")
+                written[dest] = inp
             res = api.apply_file(inp, composed, dest, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
                                  shard_size=size, opts=opts)
             _report(res, as_json, "dry-run" if dry_run else "apply")

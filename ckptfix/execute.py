@@ -30,14 +30,20 @@ class Written:
     warnings: list[str] = field(default_factory=list)
 
 
-def output_format(out: Path, requested: str | None, input_format: str, shard_size: int | None) -> str:
+def output_format(out: str | Path, requested: str | None, input_format: str, shard_size: int | None) -> str:
     """Pick the output format: --format, else --shard-size, else the suffix, else like the input."""
     if requested:
         if requested == "safetensors" and shard_size:
             return "safetensors-sharded"
         return requested
-    if shard_size or str(out).endswith("/") or out.is_dir():
+    if shard_size or str(out).endswith("/") or (Path(out) / "model.safetensors.index.json").is_file():
         return "safetensors-sharded"
+    out = Path(out)
+    if out.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"{out}: is a directory; for sharded output into it give --shard-size "
+                         "(or name a file)")
     if out.suffix == ".safetensors":
         return "safetensors"
     if out.suffix in PT_SUFFIXES:
@@ -45,6 +51,12 @@ def output_format(out: Path, requested: str | None, input_format: str, shard_siz
     if input_format in ("pt", "pt-legacy"):
         return "pt"
     return "safetensors"
+
+
+def torch_contiguous():
+    import torch
+
+    return torch.contiguous_format
 
 
 def _source_bytes(reader: Reader, name: str):
@@ -69,6 +81,8 @@ class _Producer:
         for op in ops:
             t = op.data(t)
         self._check(name, t, e.meta)
+        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone(memory_format=torch_contiguous())  # a view (e.g. a slice) must not drag its base along
         return t
 
     def raw(self, name: str):
@@ -140,6 +154,10 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
     state = {name: prod.tensor(name) for name in plan.entries}
     obj = state
     warnings = []
+    if isinstance(reader, TorchReader) and not reader.state_path and isinstance(reader.container, dict) \
+            and len(reader.state) != len(reader.container):
+        extras = {k: v for k, v in reader.container.items() if k not in reader.state}
+        obj = {**reader.materialize_all(extras), **state}
     if isinstance(reader, TorchReader) and reader.state_path:
         container = reader.container
         path = reader.state_path
@@ -180,6 +198,15 @@ def check_output(inputs: list[Path], out: Path, force: bool) -> None:
             raise UsageError(f"{out}: output would overwrite the input {i}; choose another path")
     if out.exists() and not force:
         raise UsageError(f"{out}: already exists (use --force to replace it)")
+    if out.is_dir() and force and not _is_sharded_output(out):
+        raise UsageError(f"{out}: is a directory that is not a sharded checkpoint; refusing to replace it")
+
+
+def _is_sharded_output(d: Path) -> bool:
+    """Only a directory ckptfix could have written may be replaced by --force."""
+    names = [p.name for p in d.iterdir()]
+    return "model.safetensors.index.json" in names and all(
+        n == "model.safetensors.index.json" or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
 
 
 __all__ = ["execute", "output_format", "check_output", "Written", "InputError"]

@@ -232,6 +232,10 @@ def spec_layer(name: str, cls: str, args: list, kwargs: dict) -> Layer:
                 raise ValueError(f"{cls} needs {req}")
         cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
         ks = _tuple(a["kernel_size"], n)
+        if len(ks) != n or not all(isinstance(k, int) and k > 0 for k in ks):
+            raise ValueError(f"{cls}: kernel_size must be a positive int or {n} of them")
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"{cls}: groups must be a positive integer")
         if cin % groups or cout % groups:
             raise ValueError(f"{cls}: in_channels and out_channels must be divisible by groups")
         if cls.startswith("ConvTranspose"):

@@ -207,8 +207,9 @@ class _Planner:
                 rx = re.compile(s.for_each)
                 try:
                     keys = [s.key.format(**m.groupdict()) for n in self.entries if (m := rx.search(n))]
-                except KeyError as ex:
-                    raise self.err(rule, f"key template {s.key!r} uses {{{ex.args[0]}}}, not a named group of for_each")
+                except (KeyError, IndexError, ValueError) as ex:
+                    raise self.err(rule, f"key template {s.key!r} must use named groups of for_each, like "
+                                   f"{{layer}} ({type(ex).__name__}: {ex})") from None
                 if not keys and not rule.optional:
                     raise self.err(rule, f"for_each {s.for_each!r} matches no tensor", _close(s.for_each, self.entries))
             changes = []
@@ -259,9 +260,14 @@ class _Planner:
                 missing = set(re.findall(r"\{(\w+)\}", dst)) - set(names)
                 if missing:
                     raise self.err(rule, f"map {src!r} -> {dst!r}: placeholder {{{missing.pop()}}} is not in the source")
-                hit = {n: dst.format(**m.groupdict()) for n in self.entries if (m := rx.fullmatch(n))}
+                try:
+                    hit = {n: dst.format(**m.groupdict()) for n in self.entries if (m := rx.fullmatch(n))}
+                except (KeyError, IndexError, ValueError) as ex:
+                    raise self.err(rule, f"map {src!r} -> {dst!r}: invalid placeholder ({ex})") from None
             else:
                 hit = {src: dst} if src in self.entries else {}
+            if s.classes:
+                hit = {n: v for n, v in hit.items() if self.class_of(n) in s.classes}
             if not hit and not rule.optional:
                 raise self.err(rule, f"map entry {src!r} matches no key", _close(src, self.entries))
             for n in hit:

@@ -90,12 +90,32 @@ def from_checkpoint(path: str | Path, **open_kwargs) -> Target:
     return Target(f"checkpoint {path}", metas, L.read_layers(metas, classes))
 
 
+def _near(spec: str, base_dir: Path | None) -> Path:
+    """A relative path in a rules file is relative to that file, then to the working directory."""
+    p = Path(spec)
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        return base_dir / p
+    return p
+
+
+def _check_code_target(ref: str, base_dir: Path) -> None:
+    """A rules file may run model code from a .py file beside it or in the current project, never an
+    arbitrary installed module (a downloaded rules file must not be able to call subprocess.run)."""
+    mod_ref = ref.rpartition(":")[0]
+    if not mod_ref.endswith(".py"):
+        raise TargetError(f"target {ref}: a rules file may name a model only as path/to/file.py:callable; "
+                          "pass a module:callable on the command line with --target")
+    p = _near(mod_ref, base_dir).resolve()
+    roots = [base_dir.resolve(), Path.cwd().resolve()]
+    if not any(p == r or r in p.parents for r in roots):
+        raise TargetError(f"target {ref}: {p} is outside the rules file's directory and the current directory; "
+                          "pass it on the command line with --target if you mean it")
+
+
 def _import_callable(ref: str, base_dir: Path | None):
     mod_ref, _, attr = ref.rpartition(":")
     if mod_ref.endswith(".py"):
-        p = Path(mod_ref)
-        if not p.is_absolute() and base_dir is not None and not p.exists():
-            p = base_dir / p
+        p = _near(mod_ref, base_dir)
         if not p.is_file():
             raise TargetError(f"target {ref}: no such file {p}")
         name = f"_ckptfix_target_{abs(hash(str(p.resolve())))}"
@@ -159,14 +179,14 @@ def from_module(model, description: str) -> Target:
 
 
 def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, **open_kwargs) -> Target:
-    """Resolve anything the command line or a rules file may give as a target."""
+    """Resolve anything the command line or a rules file may give as a target. ``base_dir`` is the
+    rules file's directory when the target comes from one (relative paths start there; code
+    targets are restricted, see ``_check_code_target``)."""
     if isinstance(spec, dict):
         return from_layer_spec(spec, "layer spec")
     if not isinstance(spec, str) or not spec.strip():
         raise TargetError(f"target must be a string or a mapping, got {spec!r}")
-    p = Path(spec)
-    if not p.exists() and base_dir is not None and (base_dir / spec).exists() and ":" not in spec:
-        p = base_dir / spec
+    p = _near(spec, base_dir)
     if p.exists() and p.suffix in (".yaml", ".yml"):
         from .rules.schema import load_yaml
 
@@ -180,5 +200,7 @@ def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, **op
     if LAYER_EXPR.match(spec):
         return from_layer_spec(spec, f"layer {spec.strip()}")
     if ":" in spec:
+        if base_dir is not None:
+            _check_code_target(spec, base_dir)
         return from_factory(spec, kwargs, base_dir)
     raise TargetError(f"target {spec!r}: not a file, a module:callable, or a layer like Conv2d(3, 15, 5)")

@@ -52,13 +52,15 @@ def parse_header(path: Path, f, size: int) -> tuple[dict[str, TensorMeta], dict[
         raise InputError(path, "safetensors header is not valid UTF-8") from None
     try:
         header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise InputError(path, "invalid safetensors header: JSON nested too deeply") from None
     except ValueError as e:
         raise InputError(path, f"invalid safetensors header: {e}") from None
     if not isinstance(header, dict):
         raise InputError(path, "invalid safetensors header: not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise InputError(path, "invalid safetensors header: __metadata__ is not an object")
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError(path, "invalid safetensors header: __metadata__ must map strings to strings")
     start = 8 + n
     metas: dict[str, TensorMeta] = {}
     ranges: dict[str, tuple[int, int]] = {}
@@ -208,6 +210,11 @@ def layout(metas: dict[str, TensorMeta]) -> list[str]:
 
 
 def build_header(metas: dict[str, TensorMeta], metadata: dict[str, str] | None) -> tuple[bytes, list[str]]:
+    if "__metadata__" in metas:
+        from ..errors import CkptfixError
+
+        raise CkptfixError("a tensor named '__metadata__' cannot be stored in safetensors (the name is reserved); "
+                           "rename it or write .pt")
     order = layout(metas)
     header: dict = {}
     if metadata:

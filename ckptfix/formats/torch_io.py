@@ -42,6 +42,12 @@ def _torch():
     return torch
 
 
+def torch_layout_strided():
+    import torch
+
+    return torch.strided
+
+
 def resolve_global(name: str):
     """Import ``module.qualname`` named on the command line by ``--allow-global``."""
     parts = name.split(".")
@@ -93,6 +99,8 @@ def find_state_dict(obj, state_key: str | None, path: Path) -> tuple[str, ...]:
         if found:
             raise InputError(path, f"several state dicts in this checkpoint ({', '.join(map(str, found))})",
                              hint="choose one with --state-key")
+        if any(_is_tensor(v) for v in obj.values()):
+            return ()  # tensors at the top level beside other entries ({'weight': t, 'epoch': 5})
     raise InputError(path, f"no state dict (a dict of tensors) found (top-level: {_keys(obj)})",
                      hint="choose one with --state-key")
 
@@ -104,9 +112,17 @@ def _keys(obj) -> str:
     return type(obj).__name__
 
 
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
+
+
 def get_path(obj, keys: tuple[str, ...]):
     for k in keys:
         obj = obj[k]
+    if not keys and isinstance(obj, dict) and not all(_is_tensor(v) for v in obj.values()):
+        return {k: v for k, v in obj.items() if _is_tensor(v)}
     return obj
 
 
@@ -179,6 +195,9 @@ class TorchReader(Reader):
         self.state = get_path(self.container, self.state_path)
         self._metas: dict[str, TensorMeta] = {}
         for name, t in self.state.items():
+            if t.layout != torch_layout_strided():
+                raise InputError(self.path, f"tensor {name!r} is {str(t.layout).removeprefix('torch.')}; "
+                                 "ckptfix handles dense (strided) tensors only")
             try:
                 self._metas[name] = TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype))
             except KeyError:
@@ -254,11 +273,13 @@ class TorchReader(Reader):
             return t.detach().clone() if self.eager else t
         if t.numel() == 0:
             return torch.empty(t.shape, dtype=t.dtype)
-        st = t.untyped_storage()
-        off = st._checkpoint_offset
-        buf = read_range(self.path, off, off + st.nbytes())
-        flat = torch.frombuffer(buf, dtype=t.dtype)
-        return flat.as_strided(t.shape, t.stride(), t.storage_offset()).contiguous()
+        # read only the bytes this view spans, not its whole (possibly shared) storage
+        item = t.element_size()
+        span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+        start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * item
+        flat = torch.frombuffer(read_range(self.path, start, start + span * item), dtype=t.dtype)
+        out = flat.as_strided(t.shape, t.stride(), 0)
+        return out if out.is_contiguous() and span == t.numel() else out.contiguous()
 
     def read(self, name: str):
         return self.materialize(self.state[name])

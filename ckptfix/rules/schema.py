@@ -8,7 +8,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -147,7 +147,7 @@ class AddOp(_Model):
 
     key: str = Field(description="the new tensor's name; with for_each, a template like '{layer}.num_batches_tracked'")
     for_each: str | None = Field(None, description="regex with named groups: add one tensor per matching key")
-    shape: list[int] = Field(default_factory=list)
+    shape: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     dtype: str = "float32"
     value: float = 0.0
 
@@ -155,6 +155,9 @@ class AddOp(_Model):
     def _dtype(self):
         if self.dtype not in dtypes.BY_NAME:
             raise ValueError(f"unknown dtype {self.dtype!r}")
+        if not dtypes.get(self.dtype).floating and (self.value != self.value or abs(self.value) == float("inf")
+                                                    or self.value != int(self.value)):
+            raise ValueError(f"value {self.value} does not fit dtype {self.dtype}")
         return self
 
 
@@ -215,9 +218,14 @@ class RulesFile:
 # YAML with line numbers
 
 
+MAX_NODES = 100_000  # YAML aliases can expand a tiny file exponentially ("billion laughs")
+
+
 def _lines(node, path=(), out=None) -> dict[tuple, int]:
     """Map each path in the document to its 1-based line."""
     out = {} if out is None else out
+    if len(out) > MAX_NODES:
+        raise _TooBig()
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen = set()
@@ -232,6 +240,10 @@ def _lines(node, path=(), out=None) -> dict[tuple, int]:
         for i, v in enumerate(node.value):
             _lines(v, path + (i,), out)
     return out
+
+
+class _TooBig(Exception):
+    pass
 
 
 class _Dup(Exception):
@@ -257,6 +269,9 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         lines = _lines(node) if node is not None else {}
     except _Dup as d:
         raise RulesError(f"duplicate key {d.key!r}", source=source, line=d.line) from None
+    except _TooBig:
+        raise RulesError(f"YAML expands to over {MAX_NODES:,} nodes (anchors/aliases nested too deep)",
+                         source=source) from None
     return data, lines
 
 
