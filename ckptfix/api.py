@@ -39,7 +39,7 @@ def inspect(path: str | Path, opts: Options | None = None) -> dict:
         info = {"path": str(path), "format": r.format, **r.extras(), "warnings": r.warnings()}
     layers = L.read_layers(metas, classes)
     info["tensors"] = [{"name": n, "shape": list(m.shape), "dtype": m.dtype,
-                        "reads_as": L.describe_tensor(n, metas, classes)} for n, m in metas.items()]
+                        "reads_as": L.reads_as(n, layers)} for n, m in metas.items()]
     info["layers"] = [{"name": ly.name, "type": ly.kind, "description": ly.describe(), "params": ly.params,
                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in ly.attrs.items()}}
                       for ly in layers.values()]

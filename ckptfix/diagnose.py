@@ -72,7 +72,7 @@ def layout_cause(name: str, ckpt: Shape, model: Shape) -> Cause | None:
     """The checkpoint's shape is a TF/Keras layout permutation of the model's."""
     if sorted(ckpt) != sorted(model) or ckpt == model:
         return None
-    fits = [lay for lay in ("IO->OI", "WIO->OIW", "HWIO->OIHW", "DHWIO->OIDHW")
+    fits = [lay for lay in layouts.TF_LAYOUTS
             if len(layouts.parse(lay)) == len(ckpt) and
             tuple(ckpt[i] for i in layouts.parse(lay)) == tuple(model)]
     if not fits:

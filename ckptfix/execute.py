@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dtypes
-from .errors import CkptfixError, InputError
+from .errors import CkptfixError
 from .formats.atomic import atomic_dir, atomic_file
 from .formats.base import Reader
 from .formats.safetensors_io import SafetensorsWriter, shard_groups, shard_name
@@ -53,12 +53,6 @@ def output_format(out: str | Path, requested: str | None, input_format: str, sha
     return "safetensors"
 
 
-def torch_contiguous():
-    import torch
-
-    return torch.contiguous_format
-
-
 def _source_bytes(reader: Reader, name: str):
     """Raw bytes of an input tensor, when the reader can give them without a tensor object."""
     fn = getattr(reader, "shard_of", None)
@@ -82,7 +76,7 @@ class _Producer:
             t = op.data(t)
         self._check(name, t, e.meta)
         if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
-            t = t.clone(memory_format=torch_contiguous())  # a view (e.g. a slice) must not drag its base along
+            t = t.contiguous().clone()  # a view (e.g. a slice) must not drag its whole base along
         return t
 
     def raw(self, name: str):
@@ -147,8 +141,6 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
 
 
 def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written:
-    import torch
-
     from .formats.torch_io import OPTIMIZER_KEY, TorchReader, save_pt
 
     state = {name: prod.tensor(name) for name in plan.entries}
@@ -183,7 +175,6 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
         with open(tmp, "wb") as f:
             save_pt(f, obj)
     size = out.stat().st_size
-    del torch
     return Written(out, "pt", len(state), size, [out], warnings)
 
 
@@ -209,4 +200,4 @@ def _is_sharded_output(d: Path) -> bool:
         n == "model.safetensors.index.json" or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
 
 
-__all__ = ["execute", "output_format", "check_output", "Written", "InputError"]
+__all__ = ["execute", "output_format", "check_output", "Written"]

@@ -176,14 +176,13 @@ def layer_of(key: str) -> str:
     return split_key(key)[0]
 
 
-def describe_tensor(key: str, metas: dict[str, TensorMeta], classes: dict[str, str] | None = None) -> str:
-    """How a single weight reads as a layer, e.g. ``Conv2d(in=3, out=10, kernel=5x5)`` ('' if none)."""
+def reads_as(key: str, layers: dict[str, Layer]) -> str:
+    """How a weight reads as a layer, e.g. ``Conv2d(in=3, out=10, kernel=5x5)`` ('' for other tensors)."""
     layer, var = split_key(key)
-    if var not in ("weight", "kernel", "depthwise_kernel", "gamma"):
+    ly = layers.get(layer)
+    if var not in ("weight", "kernel", "weights", "depthwise_kernel", "gamma") or ly is None or not ly.attrs:
         return ""
-    ts = {v: m for k, m in metas.items() for (ly, v) in [split_key(k)] if ly == layer}
-    ly = infer_layer(layer, ts, (classes or {}).get(layer))
-    return ly.describe() if ly.attrs else ""
+    return ly.describe()
 
 
 # ---------------------------------------------------------------------------------------------

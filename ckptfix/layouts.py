@@ -19,19 +19,8 @@ KERAS_TO_TORCH = {
     "DepthwiseConv2D": ("kernel", DEPTHWISE := "HWCM->OIHW"),
 }
 
-NAMED = {
-    "HWIO->OIHW": "Conv2D kernel (kh, kw, in, out) -> Conv2d weight (out, in, kh, kw)",
-    "OIHW->HWIO": "the reverse",
-    "IO->OI": "Dense kernel (in, out) -> Linear weight (out, in)",
-    "OI->IO": "the reverse",
-    "WIO->OIW": "Conv1D kernel (k, in, out) -> Conv1d weight (out, in, k)",
-    "OIW->WIO": "the reverse",
-    "DHWIO->OIDHW": "Conv3D kernel (kd, kh, kw, in, out) -> Conv3d weight (out, in, kd, kh, kw)",
-    "OIDHW->DHWIO": "the reverse",
-    "HWOI->IOHW": "Conv2DTranspose kernel (kh, kw, out, in) -> ConvTranspose2d weight (in, out, kh, kw)",
-    DEPTHWISE: "DepthwiseConv2D kernel (kh, kw, C, M) -> groups=C Conv2d weight (C*M, 1, kh, kw); "
-               "output channel c*M + j",
-}
+# The plain permutations above (not the depthwise reshape): what explain/diagnose look for.
+TF_LAYOUTS = tuple(dict.fromkeys(lay for _, lay in KERAS_TO_TORCH.values() if lay != DEPTHWISE))
 
 
 def parse(layout: str) -> tuple[int, ...]:
@@ -45,10 +34,6 @@ def parse(layout: str) -> tuple[int, ...]:
     if not src.isalpha() or sorted(src) != sorted(dst) or len(set(src)) != len(src):
         raise ValueError(f"layout {layout!r}: both sides must use the same distinct axis letters")
     return tuple(src.index(c) for c in dst)
-
-
-def rank(layout: str) -> int:
-    return len(parse(layout))
 
 
 def inverse(perm: tuple[int, ...]) -> tuple[int, ...]:

@@ -132,13 +132,9 @@ class _Planner:
         self.target = target
         # the class of the layer each input tensor belongs to: from the file / rules, else from shapes
         classes = classes or {}
-        self.source_class: dict[str, str] = {}
-        for layer, ts in L.group_layers(metas).items():
-            kind = classes.get(layer) or L.infer_layer(layer, ts).kind
-            sep = "/" if any("/" in k for k in metas) else "."
-            for var in ts:
-                key = L.join_key(layer, var, sep)
-                self.source_class[key if key in metas else L.join_key(layer, var, "." if sep == "/" else "/")] = kind
+        kinds = {layer: classes.get(layer) or L.infer_layer(layer, ts).kind
+                 for layer, ts in L.group_layers(metas).items()}
+        self.source_class: dict[str, str] = {k: kinds[L.layer_of(k)] for k in metas}
 
     # -- helpers ---------------------------------------------------------------------------
     def err(self, rule: Rule, msg: str, hint: str | None = None) -> RulesError:

@@ -21,14 +21,6 @@ def human_count(n: int) -> str:
     return f"{n:,}"
 
 
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def inspect_text(info: dict) -> str:
     out = [f"{info['path']}: {info['format']}, {len(info['tensors'])} tensors, "
            f"{human_count(info['params'])} params"]

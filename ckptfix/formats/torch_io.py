@@ -42,12 +42,6 @@ def _torch():
     return torch
 
 
-def torch_layout_strided():
-    import torch
-
-    return torch.strided
-
-
 def resolve_global(name: str):
     """Import ``module.qualname`` named on the command line by ``--allow-global``."""
     parts = name.split(".")
@@ -195,7 +189,7 @@ class TorchReader(Reader):
         self.state = get_path(self.container, self.state_path)
         self._metas: dict[str, TensorMeta] = {}
         for name, t in self.state.items():
-            if t.layout != torch_layout_strided():
+            if t.layout is not _torch().strided:
                 raise InputError(self.path, f"tensor {name!r} is {str(t.layout).removeprefix('torch.')}; "
                                  "ckptfix handles dense (strided) tensors only")
             try:
@@ -283,10 +277,6 @@ class TorchReader(Reader):
 
     def read(self, name: str):
         return self.materialize(self.state[name])
-
-    def container_without_state(self) -> tuple[Any, tuple[str, ...]]:
-        """The loaded container and where its state dict sits (for writers that keep extras)."""
-        return self.container, self.state_path
 
     def materialize_all(self, obj):
         """A copy of ``obj`` with every meta tensor replaced by its data (for the extras)."""
