@@ -125,8 +125,10 @@ def plan_file(path: str | Path, rules: RulesFile, target=None, *, target_kwargs:
 def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | RulesFile, out: str | Path | None = None,
                *, target=None, target_kwargs: dict | None = None, fmt: str | None = None,
                dry_run: bool = False, force: bool = False, shard_size: int | None = None,
-               opts: Options | None = None, raise_on_error: bool = False) -> Result:
+               opts: Options | None = None, raise_on_error: bool = False, progress=None) -> Result:
     """Plan, validate and (unless ``dry_run``) write one checkpoint.
+
+    ``progress``: a ``ckptfix.progress.Progress`` told of bytes and tensors as they are written.
 
     Never raises for a bad input or a misfit unless ``raise_on_error``: the Result says what
     failed (``error``) and the exit code the CLI would use.
@@ -155,7 +157,8 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
                                  + _misfit_summary(plan.fit))
             if not dry_run:
                 kind = output_format(out, fmt, reader.format, shard_size)
-                written = execute(plan, reader, out, kind, force=force, shard_size=shard_size)
+                written = execute(plan, reader, out, kind, force=force, shard_size=shard_size,
+                                  progress=progress)
                 res.warnings += written.warnings
             res.warnings += reader.warnings()
         res.ok = True

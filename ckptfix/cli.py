@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError, UsageError
+from .progress import Bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make checkpoints fit their models: inspect, diff, apply YAML rules, check.")
@@ -95,17 +96,22 @@ StateKey = typer.Option(None, "--state-key", help="Where the state dict sits in 
 AllowGlobal = typer.Option(None, "--allow-global", help="Admit one more pickle global (module.name); only if you trust the file.")
 TargetKw = typer.Option(None, "--target-kwargs", help="Keyword arguments for a model-factory target, as YAML: '{num_classes: 15}'.")
 Json = typer.Option(False, "--json", help="Machine-readable output (see README).")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar and no report; errors and warnings only.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"ckptfix {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
-         version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
     _state["debug"] = debug
-    if version:
-        from . import __version__
-
-        print(__version__)
-        raise typer.Exit(0)
 
 
 @app.command()
@@ -237,11 +243,15 @@ def _out_for(inp: Path, out_dir: Path, fmt: Optional[str]) -> Path:
     return out_dir / name
 
 
-def _report(res, as_json: bool, verb: str) -> None:
+def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
     from .render import fit_text, steps_text
 
     if as_json:
         _emit_json(res.to_json())
+        return
+    if quiet:
+        for w in res.warnings:
+            _warn(w)
         return
     if res.plan is not None and res.plan.steps:
         print(f"{res.input}: plan")
@@ -269,6 +279,7 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Plan and validate on metadata only; read and write nothing."),
           force: bool = typer.Option(False, "--force", help="Replace an existing output."),
           keep_going: bool = typer.Option(False, "--keep-going", help="With several inputs, go on after a failure."),
+          quiet: bool = Quiet,
           as_json: bool = Json, state_key: Optional[str] = StateKey,
           allow_global: Optional[List[str]] = AllowGlobal) -> None:
     """Apply rules, validating shapes and parameter counts after every step, then write atomically."""
@@ -290,6 +301,7 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
         composed = api.compose_rules(rules or [])
         opts = _opts(state_key, allow_global)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
+        bar = Bar() if Bar.wanted(quiet=quiet, json=as_json) else None
         worst = EXIT_OK
         for inp in ckpts:
             dest = out if out is not None else (_out_for(Path(inp), odir, fmt) if odir is not None else None)
@@ -300,8 +312,8 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
                                      "give them separate runs or rename one")
                 written[dest] = inp
             res = api.apply_file(inp, composed, dest, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
-                                 shard_size=size, opts=opts)
-            _report(res, as_json, "dry-run" if dry_run else "apply")
+                                 shard_size=size, opts=opts, progress=bar)
+            _report(res, as_json, "dry-run" if dry_run else "apply", quiet)
             if not res.ok:
                 if not as_json:
                     _err(res.error)

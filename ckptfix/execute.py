@@ -4,7 +4,9 @@ against the plan, hands it to the writer and lets it go. Outputs are written ato
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .formats.atomic import atomic_dir, atomic_file
 from .formats.base import Reader
 from .formats.safetensors_io import SafetensorsWriter, shard_groups, shard_name
 from .plan import Plan
+from .progress import Progress
 from .tensors import TensorMeta
 
 OUTPUT_FORMATS = ("safetensors", "safetensors-sharded", "pt")
@@ -53,17 +56,13 @@ def output_format(out: str | Path, requested: str | None, input_format: str, sha
     return "safetensors"
 
 
-def _source_bytes(reader: Reader, name: str):
-    """Raw bytes of an input tensor, when the reader can give them without a tensor object."""
-    fn = getattr(reader, "shard_of", None)
-    r = fn(name) if fn else reader
-    return r.read_bytes(name) if hasattr(r, "read_bytes") else None
-
-
 class _Producer:
-    def __init__(self, plan: Plan, reader: Reader) -> None:
+    """Makes each output tensor: copied as bytes where the plan allows, computed otherwise."""
+
+    def __init__(self, plan: Plan, reader: Reader, progress: Progress) -> None:
         self.plan = plan
         self.reader = reader
+        self.progress = progress
 
     def tensor(self, name: str):
         e = self.plan.entries[name]
@@ -79,12 +78,39 @@ class _Producer:
             t = t.contiguous().clone()  # a view (e.g. a slice) must not drag its whole base along
         return t
 
-    def raw(self, name: str):
-        """Bytes of an unchanged tensor (renamed at most), or None."""
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        """``(file, offset, length)`` when the output tensor is a run of the input file's bytes:
+        renamed only, reshaped, or a run of rows sliced off. The bytes are then copied, not read."""
         e = self.plan.entries[name]
-        if e.ops or e.source is None:
+        if e.source is None:
             return None
-        return _source_bytes(self.reader, e.source)
+        where = self.reader.locate(e.source)
+        if where is None:
+            return None
+        path, begin, end = where
+        meta = self.plan.inputs[e.source]
+        offset, length = 0, end - begin
+        for op in e.ops:
+            sub = op.byte_span(meta)
+            if sub is None:
+                return None
+            offset, length = offset + sub[0], sub[1]
+            meta = op.shape(meta)
+        return path, begin + offset, length
+
+    def write_into(self, w: SafetensorsWriter, name: str, writer: _WriterThread) -> None:
+        """Queue the writing of one output tensor (computing it here first, if it must be)."""
+        span = self.span(name)
+        if span is not None:
+            job = lambda: w.copy(name, *span, on_chunk=self.progress.advance)  # noqa: E731
+            nbytes = 0
+        else:
+            nbytes = self.plan.entries[name].meta.nbytes
+            writer.wait_room(nbytes)
+            t = self.tensor(name)
+            job = lambda: (w.write(name, t), self.progress.advance(nbytes))  # noqa: E731
+        writer.put(nbytes, job)
+        writer.put(0, lambda: self.progress.advance(0, tensors=1))
 
     @staticmethod
     def _check(name: str, t, meta: TensorMeta) -> None:
@@ -93,23 +119,97 @@ class _Producer:
                                f"the plan said {meta.shape} {meta.dtype}")
 
 
+class _WriterThread:
+    """Runs the writes, in order, on a second thread, so that computing (reading, transposing)
+    the next tensor overlaps writing this one: measured on a 2 GiB transpose, ... .
+
+    Memory stays bounded: before computing a tensor of L bytes the producer waits until the
+    computed tensors still queued hold at most ``BUDGET - L`` bytes, or none. A tensor costs 2L
+    while it is computed (the bytes read and the result), so the peak is at most
+    ``max(2L, BUDGET + L)`` for the largest tensor L.
+    """
+
+    BUDGET = 256 << 20
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._jobs: collections.deque = collections.deque()
+        self._held = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ckptfix-writer", daemon=True)
+        self._thread.start()
+
+    def wait_room(self, nbytes: int) -> None:
+        with self._cv:
+            while self._error is None and self._held and self._held + nbytes > self.BUDGET:
+                self._cv.wait()
+            self._raise()
+
+    def put(self, nbytes: int, job) -> None:
+        with self._cv:
+            self._raise()
+            self._held += nbytes
+            self._jobs.append((nbytes, job))
+            self._cv.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._closed:
+                    self._cv.wait()
+                if not self._jobs:
+                    return
+                nbytes, job = self._jobs[0]
+                failed = self._error is not None
+            try:
+                if not failed:
+                    job()
+            except BaseException as e:  # handed to the producer, which raises it
+                with self._cv:
+                    self._error = e
+            with self._cv:
+                self._jobs.popleft()
+                self._held -= nbytes
+                self._cv.notify_all()
+
+    def close(self, *, abort: bool = False) -> None:
+        """Wait for the queued writes (or, with ``abort``, drop them), then stop the thread."""
+        with self._cv:
+            if abort and self._error is None:
+                self._error = CkptfixError("write aborted")
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join()
+        if not abort:
+            self._raise()
+
+
 def _write_safetensors(f, prod: _Producer, metas: dict[str, TensorMeta], metadata) -> int:
     w = SafetensorsWriter(f, metas, metadata)
-    for name in w.order:
-        raw = prod.raw(name)
-        if raw is not None:
-            w.write_raw(name, raw)
-        else:
-            w.write(name, prod.tensor(name))
+    writer = _WriterThread()
+    try:
+        for name in w.order:
+            prod.write_into(w, name, writer)
+    except BaseException:
+        writer.close(abort=True)
+        raise
+    writer.close()
     w.finish()
     return f.tell()
 
 
 def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: bool = False,
-            shard_size: int | None = None) -> Written:
+            shard_size: int | None = None, progress: Progress | None = None) -> Written:
     out = Path(str(out).rstrip("/") or "/")
-    prod = _Producer(plan, reader)
+    progress = progress or Progress()
+    prod = _Producer(plan, reader, progress)
     metas = plan.metas
+    progress.start(out.name, sum(m.nbytes for m in metas.values()), len(metas))
     metadata = dict(getattr(reader, "metadata", None) or {}) or {"format": "pt"}
     try:
         if fmt == "safetensors":
@@ -137,13 +237,18 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
         raise
     except OSError as e:
         raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        progress.finish()
     raise CkptfixError(f"unknown output format {fmt!r} (choose {', '.join(OUTPUT_FORMATS)})")
 
 
 def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written:
     from .formats.torch_io import OPTIMIZER_KEY, TorchReader, save_pt
 
-    state = {name: prod.tensor(name) for name in plan.entries}
+    state = {}
+    for name in plan.entries:
+        state[name] = prod.tensor(name)
+        prod.progress.advance(state[name].numel() * state[name].element_size(), tensors=1)
     obj = state
     warnings = []
     if isinstance(reader, TorchReader) and not reader.state_path and isinstance(reader.container, dict) \

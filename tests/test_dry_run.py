@@ -3,7 +3,7 @@
 import pytest
 
 from ckptfix import api
-from ckptfix.formats import safetensors_io, torch_io
+from ckptfix.formats import fileio, safetensors_io, torch_io
 
 
 @pytest.fixture
@@ -14,7 +14,8 @@ def no_data_reads(monkeypatch):
     monkeypatch.setattr(torch_io, "read_range", boom)
     monkeypatch.setattr(torch_io.TorchReader, "read", boom)
     monkeypatch.setattr(safetensors_io.SafetensorsReader, "read", boom)
-    monkeypatch.setattr(safetensors_io.SafetensorsReader, "read_bytes", boom)
+    monkeypatch.setattr(safetensors_io, "copy_range", boom)
+    monkeypatch.setattr(fileio, "copy_range", boom)
 
 
 def test_dry_run_plans_without_reading_data(no_data_reads, cli, data, tmp_path):

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptfix import dtypes, layouts
-from ckptfix.rules.ops import Cast, Constant, Depthwise, OpError, Pad, Reshape, Slice, Transpose
+from ckptfix.rules.ops import Cast, Constant, Depthwise, OpError, Pad, Reshape, Slice, Transpose, permute_copy
 from ckptfix.tensors import TensorMeta
 
 shapes = st.lists(st.integers(1, 5), min_size=1, max_size=5)
@@ -30,6 +30,45 @@ def agree(op, t):
 def test_transpose_faces_agree(shape, data):
     perm = data.draw(st.permutations(range(len(shape))))
     agree(Transpose(tuple(perm)), torch.randn(shape))
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.lists(st.integers(1, 4), min_size=0, max_size=6), data=st.data())
+def test_permute_copy_equals_torch_permute(shape, data):
+    """The fast transpose path (merged dims, two-step reversal) gives torch's answer exactly."""
+    perm = tuple(data.draw(st.permutations(range(len(shape)))))
+    t = torch.arange(max(1, np.prod(shape, dtype=int)), dtype=torch.float32).reshape(shape)
+    out = permute_copy(t, perm)
+    assert out.is_contiguous() and torch.equal(out, t.permute(perm).contiguous())
+    assert out.untyped_storage().data_ptr() != t.untyped_storage().data_ptr()  # a copy, never a view
+
+
+def slice_op(shape, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    n = shape[axis]
+    if data.draw(st.booleans()):
+        idx = tuple(data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=4)))
+        return Slice(axis, index=idx)
+    return Slice(axis, data.draw(st.none() | st.integers(-n, n)), data.draw(st.none() | st.integers(-n, n)),
+                 data.draw(st.none() | st.integers(1, 3)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=shapes, data=st.data())
+def test_byte_span_is_the_slice(shape, data):
+    """Where a slice claims to be one run of the input's bytes, those bytes are its result."""
+    op = slice_op(shape, data)
+    t = torch.randn(shape)
+    try:
+        span = op.byte_span(meta_of(t))
+    except OpError:
+        return
+    raw = t.reshape(-1).view(torch.uint8)
+    if span is not None:
+        off, n = span
+        assert torch.equal(raw[off:off + n], op.data(t).contiguous().reshape(-1).view(torch.uint8))
+    if op.axis % len(shape) == 0 and (op.index is None or len(op.index) == 1) and (op.step in (None, 1)):
+        assert span is not None  # whole-row runs are always copied, never computed
 
 
 @settings(max_examples=60, deadline=None)

@@ -28,6 +28,11 @@ class Reader(ABC):
     def read(self, name: str):
         """Return one tensor as a ``torch.Tensor`` (CPU, contiguous)."""
 
+    def locate(self, name: str) -> tuple[Path, int, int] | None:
+        """``(file, begin, end)`` holding the tensor's bytes as stored (C order, little-endian),
+        for readers whose files keep them that way; the executor then copies without reading."""
+        return None
+
     def layer_classes(self) -> dict[str, str]:
         """Layer name -> class name where the file records it (Keras configs); else empty."""
         return {}

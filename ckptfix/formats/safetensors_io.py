@@ -20,6 +20,7 @@ from .. import dtypes
 from ..errors import InputError
 from ..tensors import TensorMeta
 from .base import Reader
+from .fileio import WriteBehind, copy_range, read_range
 
 MAX_HEADER = 100_000_000
 # safetensors' Dtype enum order (the library sorts tensors by this, descending, then by name).
@@ -93,33 +94,16 @@ def parse_header(path: Path, f, size: int) -> tuple[dict[str, TensorMeta], dict[
     return metas, ranges, {str(k): str(v) for k, v in metadata.items()}, start
 
 
-def read_range(path: Path, begin: int, end: int) -> bytearray:
-    """Read ``[begin, end)`` into a fresh buffer; a short read is an InputError."""
-    buf = bytearray(end - begin)
-    view = memoryview(buf)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise InputError(path, f"cannot read: {e.strerror}") from None
-    try:
-        got = 0
-        while got < len(buf):
-            k = os.preadv(fd, [view[got:]], begin + got)
-            if k == 0:
-                raise InputError(path, f"truncated: expected {end - begin} bytes at offset {begin}, file ends early")
-            got += k
-    finally:
-        os.close(fd)
-    return buf
-
-
-def tensor_from_buffer(buf, meta: TensorMeta):
+def read_tensor(path: Path, begin: int, end: int, meta: TensorMeta):
+    """One tensor's bytes read straight into a new tensor (no zero-filled buffer first)."""
     import torch
 
     dt = dtypes.torch_dtype(meta.dtype)
     if meta.numel == 0:
         return torch.empty(meta.shape, dtype=dt)
-    return torch.frombuffer(buf, dtype=dt).reshape(meta.shape)
+    buf = torch.empty(end - begin, dtype=torch.uint8)
+    read_range(path, begin, end, buf.numpy())
+    return buf.view(dt).reshape(meta.shape)
 
 
 class SafetensorsReader(Reader):
@@ -141,12 +125,13 @@ class SafetensorsReader(Reader):
     def byte_range(self, name: str) -> tuple[int, int]:
         return self._ranges[name]
 
-    def read_bytes(self, name: str) -> bytearray:
+    def locate(self, name: str) -> tuple[Path, int, int]:
         b, e = self._ranges[name]
-        return read_range(self.path, b, e)
+        return self.path, b, e
 
     def read(self, name: str):
-        return tensor_from_buffer(self.read_bytes(name), self._metas[name])
+        b, e = self._ranges[name]
+        return read_tensor(self.path, b, e, self._metas[name])
 
     def extras(self):
         return {"metadata": self.metadata} if self.metadata else {}
@@ -192,8 +177,8 @@ class ShardedSafetensorsReader(Reader):
     def read(self, name: str):
         return self._where[name].read(name)
 
-    def shard_of(self, name: str) -> SafetensorsReader:
-        return self._where[name]
+    def locate(self, name: str) -> tuple[Path, int, int]:
+        return self._where[name].locate(name)
 
     def extras(self):
         return {"shards": len(self._shards), "metadata": self.index_metadata}
@@ -252,6 +237,7 @@ class SafetensorsWriter:
         header, self.order = build_header(metas, metadata)
         f.write(header)
         self._next = 0
+        self._behind = WriteBehind(f)
 
     def write(self, name: str, tensor) -> None:
         expected = self.order[self._next]
@@ -262,13 +248,18 @@ class SafetensorsWriter:
             raise AssertionError(f"tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, planned {meta}")
         self.f.write(tensor_bytes(tensor))
         self._next += 1
+        self._behind()
 
-    def write_raw(self, name: str, data) -> None:
-        """Write bytes already in the right layout (a renamed tensor copied as it is)."""
+    def copy(self, name: str, path: Path, begin: int, length: int, on_chunk=None) -> None:
+        """Copy bytes already in the right layout from a file (a renamed tensor, a row range)."""
         expected = self.order[self._next]
-        if name != expected or len(data) != self.metas[name].nbytes:
-            raise AssertionError(f"raw write of {name!r} does not match the plan")
-        self.f.write(data)
+        if name != expected or length != self.metas[name].nbytes:
+            raise AssertionError(f"raw copy of {name!r} does not match the plan")
+        def step(n):
+            self._behind()
+            if on_chunk:
+                on_chunk(n)
+        copy_range(path, begin, length, self.f, step)
         self._next += 1
 
     def finish(self) -> None:

@@ -25,7 +25,7 @@ from .. import dtypes
 from ..errors import InputError, UnsafePickleError, UsageError
 from ..tensors import TensorMeta
 from .base import Reader
-from .safetensors_io import read_range
+from .fileio import read_range
 
 MIN_TORCH = (2, 10)  # earlier versions have known weights_only bypasses (CVE-2025-32434, CVE-2026-24747)
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
@@ -277,6 +277,14 @@ class TorchReader(Reader):
 
     def read(self, name: str):
         return self.materialize(self.state[name])
+
+    def locate(self, name: str) -> tuple[Path, int, int] | None:
+        """Where a contiguous tensor's bytes sit in the file (its storage record), if they do."""
+        t = self.state[name]
+        if self.eager or t.device.type != "meta" or t.numel() == 0 or not t.is_contiguous():
+            return None
+        start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
+        return self.path, start, start + t.numel() * t.element_size()
 
     def materialize_all(self, obj):
         """A copy of ``obj`` with every meta tensor replaced by its data (for the extras)."""

@@ -1,0 +1,134 @@
+"""Byte ranges of files: the two primitives every streaming path is built on.
+
+``read_range`` reads ``[begin, end)`` into a fresh buffer with ``pread`` (nothing stays mapped,
+so a file cut short under us gives an error, never SIGBUS). ``copy_range`` copies a range into an
+open output file without it passing through Python at all (``copy_file_range``: the kernel copies,
+as ``cp`` does), falling back to bounded ``pread``/``write`` chunks where the kernel or the file
+system cannot. Both raise ``InputError`` naming the source on a short read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+
+CHUNK = 64 << 20  # one step of a copy (bounds memory on the fallback path, paces progress) and of write-behind
+# copy_file_range is refused for these (old kernels, cross-device, special files): fall back
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
+
+
+def _open(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise InputError(path, f"cannot read: {e.strerror}") from None
+
+
+def _short(path: Path, want: int, begin: int) -> InputError:
+    return InputError(path, f"truncated: expected {want} bytes at offset {begin}, file ends early")
+
+
+def read_into(fd: int, view: memoryview, begin: int, path: Path) -> None:
+    got = 0
+    while got < len(view):
+        k = os.preadv(fd, [view[got:]], begin + got)
+        if k == 0:
+            raise _short(path, len(view), begin)
+        got += k
+
+
+def read_range(path: Path, begin: int, end: int, buf=None):
+    """Read ``[begin, end)`` into ``buf`` (a writable buffer of that size), else into a fresh
+    bytearray; return the buffer. A short read is an InputError."""
+    buf = bytearray(end - begin) if buf is None else buf
+    fd = _open(path)
+    try:
+        read_into(fd, memoryview(buf).cast("B"), begin, path)
+    finally:
+        os.close(fd)
+    return buf
+
+
+def write_all(fd: int, data) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _sync_file_range():
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, ImportError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class WriteBehind:
+    """Starts the kernel's writeback of an output file every ``CHUNK`` bytes written.
+
+    Outputs are fsynced before they are renamed into place (atomic writes). Left alone, the kernel
+    holds gigabytes of dirty pages until that fsync, which then waits for all of them, and writers
+    get throttled meanwhile. Starting writeback as we go overlaps the disk with our work: measured
+    here on 2 GiB, write + fsync took 0.9 s with it and 2.3-5.9 s without. It is only a hint (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``); durability still comes from the fsync.
+    """
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.started = f.tell()
+
+    def __call__(self) -> None:
+        pos = self.f.tell()
+        if _SYNC_FILE_RANGE is None or pos - self.started < CHUNK:
+            return
+        self.f.flush()
+        _SYNC_FILE_RANGE(self.f.fileno(), self.started, pos - self.started, _SYNC_FILE_RANGE_WRITE)
+        self.started = pos
+
+
+def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int], None] | None = None) -> None:
+    """Append ``length`` bytes of ``path`` from ``begin`` to the open binary file ``out``.
+    ``on_chunk(n)`` is called after each step of at most ``CHUNK`` bytes."""
+    out.flush()
+    dst = out.fileno()
+    pos = out.tell()
+    src = _open(path)
+    try:
+        done = 0
+        kernel = hasattr(os, "copy_file_range")
+        buf = None
+        while done < length:
+            step = min(CHUNK, length - done)
+            if kernel:
+                try:
+                    k = os.copy_file_range(src, dst, step, begin + done, pos + done)
+                except OSError as e:
+                    if e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    kernel = False
+                    continue
+            else:
+                if buf is None:
+                    buf = bytearray(min(CHUNK, length))
+                view = memoryview(buf)[:step]
+                read_into(src, view, begin + done, path)
+                k = os.pwrite(dst, view, pos + done)
+            if k == 0:
+                raise _short(path, length, begin)
+            done += k
+            out.seek(pos + done)
+            if on_chunk:
+                on_chunk(k)
+    finally:
+        os.close(src)
