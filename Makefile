@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,3 +22,6 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/large.py

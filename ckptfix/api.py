@@ -125,10 +125,12 @@ def plan_file(path: str | Path, rules: RulesFile, target=None, *, target_kwargs:
 def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | RulesFile, out: str | Path | None = None,
                *, target=None, target_kwargs: dict | None = None, fmt: str | None = None,
                dry_run: bool = False, force: bool = False, shard_size: int | None = None,
-               opts: Options | None = None, raise_on_error: bool = False, progress=None) -> Result:
+               opts: Options | None = None, raise_on_error: bool = False, progress=None,
+               verify: bool = False) -> Result:
     """Plan, validate and (unless ``dry_run``) write one checkpoint.
 
     ``progress``: a ``ckptfix.progress.Progress`` told of bytes and tensors as they are written.
+    ``verify``: re-read the output before it is put in place; every tensor must hash as produced.
 
     Never raises for a bad input or a misfit unless ``raise_on_error``: the Result says what
     failed (``error``) and the exit code the CLI would use.
@@ -158,7 +160,7 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
             if not dry_run:
                 kind = output_format(out, fmt, reader.format, shard_size)
                 written = execute(plan, reader, out, kind, force=force, shard_size=shard_size,
-                                  progress=progress)
+                                  progress=progress, verify=verify)
                 res.warnings += written.warnings
             res.warnings += reader.warnings()
         res.ok = True

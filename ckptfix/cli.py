@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError, UsageError
+from .batch import DEFAULT_TIMEOUT
 from .progress import Bar
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -77,18 +78,18 @@ def _kwargs(text: Optional[str]) -> Optional[dict]:
     return v
 
 
-def parse_size(text: Optional[str]) -> Optional[int]:
+def parse_size(text: Optional[str], option: str = "--shard-size") -> Optional[int]:
     """'5GB' -> 5e9, '500MiB' -> 500*2**20, '1024' -> 1024."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", text, re.I)
     if not m:
-        raise UsageError(f"--shard-size {text!r}: give a size like 5GB, 500MB or 2GiB")
+        raise UsageError(f"{option} {text!r}: give a size like 5GB, 500MB or 2GiB")
     num, unit, binary = float(m.group(1)), m.group(2).lower(), m.group(3)
     base = 1024 if binary else 1000
     size = int(num * base ** " kmgt".index(unit or " "))
     if size <= 0:
-        raise UsageError("--shard-size must be positive")
+        raise UsageError(f"{option} must be positive")
     return size
 
 
@@ -232,17 +233,6 @@ def explain(source: str = typer.Argument("-", help="A file holding the pasted er
     _exit(_run(go))
 
 
-def _out_for(inp: Path, out_dir: Path, fmt: Optional[str]) -> Path:
-    if inp.name.endswith(".index.json"):  # a sharded input named by its index: the directory's name
-        inp = inp.parent
-    name = inp.name if inp.is_file() else inp.name + ".safetensors"
-    if fmt == "safetensors" and not name.endswith(".safetensors"):
-        name = Path(name).stem + ".safetensors"
-    elif fmt == "pt" and not name.endswith((".pt", ".pth", ".bin", ".ckpt")):
-        name = Path(name).stem + ".pt"
-    return out_dir / name
-
-
 def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
     from .render import fit_text, steps_text
 
@@ -267,18 +257,28 @@ def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
         _warn(w)
 
 
+Recursive = typer.Option(False, "--recursive", help="Directories: process the checkpoints under them (outputs mirror their paths).")
+Jobs = typer.Option(None, "--jobs", "-j", help="Worker processes (batch mode; default 1).")
+Timeout = typer.Option(None, "--timeout", help=f"Seconds allowed per input in batch mode (default {DEFAULT_TIMEOUT:g}).")
+MaxMemory = typer.Option(None, "--max-memory", help="Memory cap per worker process, e.g. 8GB (default: RAM / jobs).")
+Report = typer.Option(None, "--report", help="Write one JSON object per input to this file (JSON Lines).")
+
+
 @app.command()
-def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
+def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, with --recursive, directories."),
           rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules file or preset name; repeat to compose (none: convert/extract only)."),
           out: Optional[str] = typer.Option(None, "--out", "-o", help="Output file (or directory, for sharded output)."),
-          out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Output directory, for several inputs."),
+          out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Output directory: batch mode (workers, report, resumable)."),
           target: Optional[str] = typer.Option(None, "--target", "-t", help="Overrides the rules file's target."),
           target_kwargs: Optional[str] = TargetKw,
           fmt: Optional[str] = typer.Option(None, "--format", help="safetensors | pt (default: from -o's suffix, else the input's)."),
           shard_size: Optional[str] = typer.Option(None, "--shard-size", help="Write HF-sharded safetensors, e.g. 5GB."),
           dry_run: bool = typer.Option(False, "--dry-run", help="Plan and validate on metadata only; read and write nothing."),
           force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+          verify: bool = typer.Option(False, "--verify", help="Re-read every output before it is put in place and compare tensor checksums."),
           keep_going: bool = typer.Option(False, "--keep-going", help="With several inputs, go on after a failure."),
+          recursive: bool = Recursive, jobs: Optional[int] = Jobs, timeout: Optional[float] = Timeout,
+          max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report,
           quiet: bool = Quiet,
           as_json: bool = Json, state_key: Optional[str] = StateKey,
           allow_global: Optional[List[str]] = AllowGlobal) -> None:
@@ -291,28 +291,29 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
             raise UsageError(f"--format {fmt!r}: choose safetensors or pt")
         if not dry_run and (out is None) == (out_dir is None):
             raise UsageError("give exactly one of -o OUT or --out-dir DIR (or --dry-run)")
-        if out is not None and len(ckpts) > 1:
+        if out is not None and (len(ckpts) > 1 or recursive):
             raise UsageError("several inputs need --out-dir, not -o")
         odir = Path(out_dir) if out_dir is not None else None
         if odir is not None and odir.exists() and not odir.is_dir():
             raise UsageError(f"--out-dir {out_dir}: exists and is not a directory")
-        written: dict[Path, str] = {}
-        size = parse_size(shard_size)
+        size = parse_size(shard_size, "--shard-size")
         composed = api.compose_rules(rules or [])
         opts = _opts(state_key, allow_global)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
+        if odir is not None or jobs is not None or report is not None or recursive:
+            from .batch import Settings
+
+            settings = Settings(command="apply", rules=list(rules or []), target=target,
+                                target_kwargs=_kwargs(target_kwargs), fmt=fmt, shard_size=size,
+                                state_key=state_key, allow_globals=list(allow_global or []), force=force,
+                                dry_run=dry_run, verify=verify)
+            return _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, report,
+                          keep_going, as_json, quiet)
         bar = Bar() if Bar.wanted(quiet=quiet, json=as_json) else None
         worst = EXIT_OK
         for inp in ckpts:
-            dest = out if out is not None else (_out_for(Path(inp), odir, fmt) if odir is not None else None)
-            if odir is not None and not dry_run:
-                odir.mkdir(parents=True, exist_ok=True)
-                if dest in written:
-                    raise UsageError(f"{inp} and {written[dest]} would both be written to {dest}; "
-                                     "give them separate runs or rename one")
-                written[dest] = inp
-            res = api.apply_file(inp, composed, dest, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
-                                 shard_size=size, opts=opts, progress=bar)
+            res = api.apply_file(inp, composed, out, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
+                                 shard_size=size, opts=opts, progress=bar, verify=verify)
             _report(res, as_json, "dry-run" if dry_run else "apply", quiet)
             if not res.ok:
                 if not as_json:
@@ -324,11 +325,69 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s)."),
     _exit(_run(go))
 
 
+def _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, report, keep_going, as_json, quiet):
+    """Batch mode for apply and check: workers, a record per input, a summary at the end."""
+    import os
+    import time
+
+    from . import batch
+    from .render import batch_line, batch_summary
+
+    if jobs is not None and jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    workers = jobs or 1
+    cap = parse_size(max_memory, "--max-memory")
+    if cap is None:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        cap = max(4 << 30, ram // workers)
+    settings.max_memory = cap
+    settings.threads = max(1, (os.cpu_count() or 1) // workers)
+    inputs = batch.collect(ckpts, recursive)
+    if not inputs:
+        raise UsageError(f"no checkpoints found in {', '.join(ckpts)}")
+    if odir is not None and not settings.dry_run:
+        odir.mkdir(parents=True, exist_ok=True)
+    jobs_ = batch.plan_jobs(inputs, odir if not settings.dry_run else None, settings.fmt)
+    if out is not None and jobs_:
+        jobs_[0].output = out
+    sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
+    t0 = time.monotonic()
+
+    def on_record(rec):
+        line = json.dumps(rec, default=str)
+        if sink:
+            sink.write(line + "\n")
+            sink.flush()
+        if as_json:
+            print(line, flush=True)
+        elif not quiet:
+            print(batch_line(rec), flush=True)
+        if rec["status"] == "failed" and not as_json:
+            _err(rec["error"])
+        for w in rec.get("warnings") or []:
+            _warn(f"{rec['input']}: {w}")
+
+    try:
+        records = batch.run(jobs_, settings, workers=workers, timeout=timeout or batch.DEFAULT_TIMEOUT,
+                            keep_going=keep_going, on_record=on_record,
+                            out_dir=odir if not settings.dry_run else None)
+    finally:
+        if sink:
+            sink.close()
+    if not quiet:
+        print(batch_summary(records, time.monotonic() - t0), file=sys.stderr if as_json else sys.stdout)
+    return max((r.get("exit_code") or 0 for r in records), default=EXIT_OK)
+
+
 @app.command()
-def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check."),
+def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check, or directories with --recursive."),
           target: Optional[str] = typer.Option(None, "--target", "-t", help="What they must fit."),
           rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Rules to apply (on metadata) first."),
           target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
+          recursive: bool = Recursive, jobs: Optional[int] = Jobs, timeout: Optional[float] = Timeout,
+          max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report, quiet: bool = Quiet,
           state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
     """Exit 0 when every checkpoint fits the target (after the rules, if given); 1 if any does not."""
 
@@ -340,13 +399,21 @@ def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check.")
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
         if tgt is None:
             raise UsageError("check needs --target (or a rules file with a target)")
+        if jobs is not None or report is not None or recursive:
+            from .batch import Settings
+
+            settings = Settings(command="check", rules=list(rules or []), target=target,
+                                target_kwargs=_kwargs(target_kwargs), state_key=state_key,
+                                allow_globals=list(allow_global or []), dry_run=True)
+            return _batch(settings, ckpts, None, None, recursive, jobs, timeout, max_memory, report,
+                          True, as_json, quiet)
         worst = EXIT_OK
         for inp in ckpts:
             res = api.check_file(inp, tgt, [composed], opts=opts)
             if as_json:
                 _emit_json(res.to_json())
             else:
-                if res.fit is not None:
+                if res.fit is not None and not quiet:
                     from .render import fit_text
 
                     print(fit_text(res.fit, str(inp), tgt.description))

@@ -5,6 +5,7 @@ against the plan, hands it to the writer and lets it go. Outputs are written ato
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
@@ -12,9 +13,10 @@ from pathlib import Path
 
 from . import dtypes
 from .errors import CkptfixError
-from .formats.atomic import atomic_dir, atomic_file
+from .formats.atomic import atomic_dir, atomic_file, clean_stale
 from .formats.base import Reader
-from .formats.safetensors_io import SafetensorsWriter, shard_groups, shard_name
+from .formats.fileio import sha256_range
+from .formats.safetensors_io import SafetensorsReader, SafetensorsWriter, shard_groups, shard_name, tensor_bytes
 from .plan import Plan
 from .progress import Progress
 from .tensors import TensorMeta
@@ -59,10 +61,12 @@ def output_format(out: str | Path, requested: str | None, input_format: str, sha
 class _Producer:
     """Makes each output tensor: copied as bytes where the plan allows, computed otherwise."""
 
-    def __init__(self, plan: Plan, reader: Reader, progress: Progress) -> None:
+    def __init__(self, plan: Plan, reader: Reader, progress: Progress, verify: bool = False) -> None:
         self.plan = plan
         self.reader = reader
         self.progress = progress
+        # --verify: name -> sha256 of the bytes produced, checked against the file read back
+        self.digests: dict[str, str] | None = {} if verify else None
 
     def tensor(self, name: str):
         e = self.plan.entries[name]
@@ -102,13 +106,21 @@ class _Producer:
         """Queue the writing of one output tensor (computing it here first, if it must be)."""
         span = self.span(name)
         if span is not None:
-            job = lambda: w.copy(name, *span, on_chunk=self.progress.advance)  # noqa: E731
+            def job():
+                if self.digests is not None:
+                    self.digests[name] = sha256_range(*span)
+                w.copy(name, *span, on_chunk=self.progress.advance)
             nbytes = 0
         else:
             nbytes = self.plan.entries[name].meta.nbytes
             writer.wait_room(nbytes)
             t = self.tensor(name)
-            job = lambda: (w.write(name, t), self.progress.advance(nbytes))  # noqa: E731
+
+            def job():
+                if self.digests is not None:
+                    self.digests[name] = hashlib.sha256(tensor_bytes(t)).hexdigest()
+                w.write(name, t)
+                self.progress.advance(nbytes)
         writer.put(nbytes, job)
         writer.put(0, lambda: self.progress.advance(0, tensors=1))
 
@@ -189,57 +201,80 @@ class _WriterThread:
             self._raise()
 
 
-def _write_safetensors(f, prod: _Producer, metas: dict[str, TensorMeta], metadata) -> int:
-    w = SafetensorsWriter(f, metas, metadata)
-    writer = _WriterThread()
-    try:
-        for name in w.order:
-            prod.write_into(w, name, writer)
-    except BaseException:
-        writer.close(abort=True)
-        raise
-    writer.close()
-    w.finish()
-    return f.tell()
+def _write_safetensors(path: Path, prod: _Producer, metas: dict[str, TensorMeta], metadata) -> int:
+    with open(path, "wb") as f:
+        w = SafetensorsWriter(f, metas, metadata)
+        writer = _WriterThread()
+        try:
+            for name in w.order:
+                prod.write_into(w, name, writer)
+        except BaseException:
+            writer.close(abort=True)
+            raise
+        writer.close()
+        w.finish()
+        size = f.tell()
+    if prod.digests is not None:
+        r = SafetensorsReader(path)
+        _verify(path, {n: sha256_range(*r.locate(n)) for n in r.metas()}, {n: prod.digests[n] for n in metas})
+    return size
+
+
+def _verify(path: Path, read_back: dict[str, str], produced: dict[str, str]) -> None:
+    """--verify: every tensor read back from the written file hashes as it did when produced."""
+    bad = sorted(set(read_back) ^ set(produced)) or [n for n in produced if read_back[n] != produced[n]]
+    if bad:
+        raise CkptfixError(f"{path}: verification failed: {bad[0]} reads back different from what was "
+                           f"written ({len(bad)} tensor(s)); nothing was kept")
 
 
 def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: bool = False,
-            shard_size: int | None = None, progress: Progress | None = None) -> Written:
+            shard_size: int | None = None, progress: Progress | None = None, verify: bool = False) -> Written:
+    """Write ``plan``'s output atomically. ``verify``: re-read the written file(s) before they
+    are put in place and compare every tensor's sha256 with what was produced."""
     out = Path(str(out).rstrip("/") or "/")
+    if fmt not in OUTPUT_FORMATS:
+        raise CkptfixError(f"unknown output format {fmt!r} (choose {', '.join(OUTPUT_FORMATS)})")
+    stale = clean_stale(out.parent)
     progress = progress or Progress()
-    prod = _Producer(plan, reader, progress)
-    metas = plan.metas
-    progress.start(out.name, sum(m.nbytes for m in metas.values()), len(metas))
-    metadata = dict(getattr(reader, "metadata", None) or {}) or {"format": "pt"}
+    prod = _Producer(plan, reader, progress, verify)
+    progress.start(out.name, sum(m.nbytes for m in plan.metas.values()), len(plan.entries))
     try:
-        if fmt == "safetensors":
-            with atomic_file(out) as tmp, open(tmp, "wb") as f:
-                size = _write_safetensors(f, prod, metas, metadata)
-            return Written(out, fmt, len(metas), size, [out])
-        if fmt == "safetensors-sharded":
-            groups = shard_groups(metas, shard_size or 5 * 10**9)
-            files, total = [], 0
-            with atomic_dir(out, replace=force) as tmp:
-                for i, names in enumerate(groups):
-                    fname = shard_name(i, len(groups))
-                    with open(tmp / fname, "wb") as f:
-                        total += _write_safetensors(f, prod, {n: metas[n] for n in names}, metadata)
-                    files.append(out / fname)
-                index = {"metadata": {"total_size": sum(m.nbytes for m in metas.values())},
-                         "weight_map": {n: shard_name(i, len(groups)) for i, names in enumerate(groups)
-                                        for n in sorted(names)}}
-                index["weight_map"] = dict(sorted(index["weight_map"].items()))
-                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-            return Written(out, fmt, len(metas), total, files)
-        if fmt == "pt":
-            return _write_pt(plan, reader, prod, out)
+        written = _write(fmt, plan, reader, prod, out, force, shard_size)
     except CkptfixError:
         raise
     except OSError as e:
         raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
         progress.finish()
-    raise CkptfixError(f"unknown output format {fmt!r} (choose {', '.join(OUTPUT_FORMATS)})")
+    if stale:
+        written.warnings.append(f"removed {len(stale)} temporary file(s) left in {out.parent} by killed runs")
+    return written
+
+
+def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, force: bool,
+           shard_size: int | None) -> Written:
+    metas = plan.metas
+    metadata = dict(getattr(reader, "metadata", None) or {}) or {"format": "pt"}
+    if fmt == "safetensors":
+        with atomic_file(out) as tmp:
+            size = _write_safetensors(tmp, prod, metas, metadata)
+        return Written(out, fmt, len(metas), size, [out])
+    if fmt == "safetensors-sharded":
+        groups = shard_groups(metas, shard_size or 5 * 10**9)
+        files, total = [], 0
+        with atomic_dir(out, replace=force) as tmp:
+            for i, names in enumerate(groups):
+                fname = shard_name(i, len(groups))
+                total += _write_safetensors(tmp / fname, prod, {n: metas[n] for n in names}, metadata)
+                files.append(out / fname)
+            index = {"metadata": {"total_size": sum(m.nbytes for m in metas.values())},
+                     "weight_map": {n: shard_name(i, len(groups)) for i, names in enumerate(groups)
+                                    for n in sorted(names)}}
+            index["weight_map"] = dict(sorted(index["weight_map"].items()))
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return Written(out, fmt, len(metas), total, files)
+    return _write_pt(plan, reader, prod, out)
 
 
 def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written:
@@ -279,6 +314,12 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
             save_pt(f, obj)
+        if prod.digests is not None:
+            produced = {n: hashlib.sha256(tensor_bytes(t)).hexdigest() for n, t in state.items()}
+            back = TorchReader(tmp, state_key=".".join(reader.state_path) if isinstance(reader, TorchReader)
+                               and reader.state_path else None)
+            _verify(tmp, {n: hashlib.sha256(tensor_bytes(back.read(n))).hexdigest() for n in back.metas()},
+                    produced)
     size = out.stat().st_size
     return Written(out, "pt", len(state), size, [out], warnings)
 

@@ -124,3 +124,36 @@ def explain_text(info: dict) -> str:
     elif info["causes"] and not any(c["fixable"] for c in info["causes"]):
         out.append("no rule can fix this.")
     return "\n".join(out)
+
+
+def batch_line(rec: dict) -> str:
+    """One line per input of a batch, as it finishes."""
+    took = f" ({rec['seconds']:.2f} s)" if rec.get("seconds") is not None else ""
+    if rec["status"] == "done":
+        where = f" -> {rec['output']}" if rec.get("output") else ""
+        fits = "" if rec.get("fits") is None else (" (fits)" if rec["fits"] else " (does not fit)")
+        return f"done     {rec['input']}{where}{fits}{took}"
+    if rec["status"] == "skipped":
+        return f"skipped  {rec['input']}: {rec.get('reason', '')} ({rec.get('output')})"
+    return f"failed   {rec['input']}{took}"
+
+
+def batch_summary(records: list[dict], seconds: float) -> str:
+    """The table at the end of a batch: counts, then every input that did not succeed, with why."""
+    counts = {k: sum(r["status"] == k for r in records) for k in ("done", "skipped", "failed", "not run")}
+    head = (f"{len(records)} input(s) in {seconds:.1f} s: {counts['done']} done, {counts['skipped']} skipped "
+            f"(up to date), {counts['failed']} failed"
+            + (f", {counts['not run']} not run (stopped at the first failure; --keep-going goes on)"
+               if counts["not run"] else ""))
+    bad = [r for r in records if r["status"] == "failed"]
+    if not bad:
+        return head
+    width = min(60, max(len(r["input"]) for r in bad))
+    rows = [f"  {r['input']:<{width}}  {_reason(r)}" for r in bad]
+    return "\n".join([head, "failed:"] + rows)
+
+
+def _reason(rec: dict) -> str:
+    err = rec.get("error") or ""
+    prefix = f"{rec['input']}: "
+    return err[len(prefix):] if err.startswith(prefix) else err

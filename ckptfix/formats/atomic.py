@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -17,6 +18,35 @@ TMP_PREFIX = ".ckptfix-tmp-"
 
 def temp_path_for(dest: Path) -> Path:
     return dest.parent / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{dest.name}"
+
+
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[0-9a-f]{8}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def clean_stale(directory: Path) -> list[Path]:
+    """Remove what killed ckptfix runs left in ``directory``: temporary outputs whose writing
+    process no longer exists (the pid is in the name). Live runs' files are left alone."""
+    removed = []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _TMP_NAME.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            _remove(p)
+            removed.append(p)
+    return removed
 
 
 def fsync_dir(d: Path) -> None:

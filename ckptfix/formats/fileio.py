@@ -10,6 +10,7 @@ system cannot. Both raise ``InputError`` naming the source on a short read.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -132,3 +133,32 @@ def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int
                 on_chunk(k)
     finally:
         os.close(src)
+
+
+def sha256_range(path: Path, begin: int, length: int) -> str:
+    """sha256 of ``length`` bytes of ``path`` from ``begin``, read in bounded chunks."""
+    h = hashlib.sha256()
+    fd = _open(path)
+    try:
+        buf = bytearray(min(CHUNK, length))
+        done = 0
+        while done < length:
+            view = memoryview(buf)[:min(CHUNK, length - done)]
+            read_into(fd, view, begin + done, path)
+            h.update(view)
+            done += len(view)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def sha256_path(p: Path) -> str:
+    """sha256 of a file, or of a directory's files (relative names and bytes, sorted)."""
+    p = Path(p)
+    if not p.is_dir():
+        return sha256_range(p, 0, os.path.getsize(p))
+    h = hashlib.sha256()
+    for f in sorted(f for f in p.rglob("*") if f.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(sha256_range(f, 0, os.path.getsize(f))))
+    return h.hexdigest()
