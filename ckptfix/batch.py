@@ -302,28 +302,32 @@ def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float
             stopping = True
         on_record(rec)
 
-    def replace(w: _Worker) -> None:
+    def spawn() -> None:
+        w = _Worker(settings, digest)
+        pool.append(w)
+        sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+
+    def retire(w: _Worker, why: str | None) -> None:
+        """Fail the worker's input (if any) for ``why``, stop it, start another if work is left."""
+        if w.job is not None:
+            finish(w, failure(w.job, why or w.death(), time.monotonic() - w.started))
+        w.kill()
         sel.unregister(w.proc.stdout)
         w.stop()
         pool.remove(w)
+        if pending and not stopping:
+            spawn()
 
     try:
         for _ in range(max(1, min(workers, len(jobs)))):
-            w = _Worker(settings, digest)
-            pool.append(w)
-            sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+            spawn()
         while True:
             for w in list(pool):
                 if w.job is None and pending and not stopping:
                     try:
                         w.give(pending.pop(0), timeout)
-                    except (BrokenPipeError, OSError):  # it died before its first job
-                        job = w.job
-                        finish(w, failure(job, w.death(), 0.0))
-                        replace(w)
-                        new = _Worker(settings, digest)
-                        pool.append(new)
-                        sel.register(new.proc.stdout, selectors.EVENT_READ, new)
+                    except OSError:  # it died before taking the job
+                        retire(w, None)
             busy = [w for w in pool if w.job is not None]
             if not busy:
                 break
@@ -332,14 +336,7 @@ def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float
                 w = key.data
                 chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
                 if not chunk:  # the worker died
-                    job, seconds = w.job, time.monotonic() - w.started
-                    if job is not None:
-                        finish(w, failure(job, w.death(), seconds))
-                    replace(w)
-                    if pending and not stopping:
-                        new = _Worker(settings, digest)
-                        pool.append(new)
-                        sel.register(new.proc.stdout, selectors.EVENT_READ, new)
+                    retire(w, None)
                     continue
                 w.buf += chunk
                 while b"\n" in w.buf and w.job is not None:
@@ -347,13 +344,7 @@ def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float
                     finish(w, json.loads(line))
             now = time.monotonic()
             for w in [w for w in pool if w.job is not None and now >= w.deadline]:
-                finish(w, failure(w.job, f"timed out after {timeout:g} s (the worker was killed)", now - w.started))
-                w.kill()
-                replace(w)
-                if pending and not stopping:
-                    new = _Worker(settings, digest)
-                    pool.append(new)
-                    sel.register(new.proc.stdout, selectors.EVENT_READ, new)
+                retire(w, f"timed out after {timeout:g} s (the worker was killed)")
     finally:
         for w in pool:
             if w.job is not None:

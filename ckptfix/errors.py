@@ -42,19 +42,41 @@ class InputError(CkptfixError):
 class UnsafePickleError(InputError):
     """A pickle needs globals that are not allow-listed; ``names`` lists them."""
 
-    # modules torch's weights_only unpickler blocks even when allow-listed
-    BLOCKED = ("os.", "posix.", "nt.", "subprocess.", "sys.", "builtins.eval", "builtins.exec", "runpy.")
+    # globals that can run code: never allowed, not even with --allow-global (torch itself only
+    # blocks os/posix/nt/sys; ckptfix refuses the rest in torch_io.resolve_global)
+    BLOCKED = ("os.", "posix.", "nt.", "subprocess.", "sys.", "builtins.eval", "builtins.exec", "runpy.",
+               "_posixsubprocess.", "webbrowser.", "importlib.", "pty.", "shutil.", "socket.", "ctypes.",
+               "_ctypes.", "pickle.", "_pickle.", "marshal.", "code.", "codeop.", "multiprocessing.",
+               "asyncio.", "signal.", "pydoc.", "torch.hub.", "torch.ops.", "torch.jit.")
 
     def __init__(self, path: str | Path, names: list[str]) -> None:
         self.names = names
-        listed = ", ".join(names) if names else "unknown"
-        blocked = names and all(n.startswith(self.BLOCKED) for n in names)
+        blocked = [n for n in names if runs_code(n)]
+        shown = (blocked + [n for n in names if n not in blocked])[:8]  # a hostile file may name thousands
+        listed = (", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")) \
+            if names else "unknown"
+        blocked = blocked[:8]
         super().__init__(
             path,
             f"refused to unpickle: needs non-allowlisted global(s) {listed}",
-            hint="these can run code and are never allowed: do not use this file" if blocked
+            hint=f"{', '.join(blocked)} can run code and {'is' if len(blocked) == 1 else 'are'} never "
+            "allowed: do not use this file" if blocked
             else "if you trust this file, pass --allow-global NAME for each",
         )
+
+
+def runs_code(name: str, obj: object = None) -> bool:
+    """Whether the pickle global ``name`` (``module.qualname``; ``obj`` if imported) can run code:
+    a blocked module, or a builtin function (eval, exec, getattr, __import__, open, ...); builtin
+    classes (int, dict, slice, ...) are data."""
+    if name.startswith(UnsafePickleError.BLOCKED):
+        return True
+    if name.startswith("builtins."):
+        import builtins
+
+        obj = obj if obj is not None else getattr(builtins, name[len("builtins."):], None)
+        return not isinstance(obj, type)
+    return False
 
 
 class RulesError(CkptfixError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,10 +107,14 @@ class _Producer:
         """Queue the writing of one output tensor (computing it here first, if it must be)."""
         span = self.span(name)
         if span is not None:
+            path, begin, length = span
+            crc = self.reader.crc_of(begin, begin + length)
+
             def job():
                 if self.digests is not None:
                     self.digests[name] = sha256_range(*span)
-                w.copy(name, *span, on_chunk=self.progress.advance)
+                w.copy(name, *span, on_chunk=self.progress.advance, crc=crc)
+                self.progress.advance(0, tensors=1)
             nbytes = 0
         else:
             nbytes = self.plan.entries[name].meta.nbytes
@@ -120,9 +125,8 @@ class _Producer:
                 if self.digests is not None:
                     self.digests[name] = hashlib.sha256(tensor_bytes(t)).hexdigest()
                 w.write(name, t)
-                self.progress.advance(nbytes)
+                self.progress.advance(nbytes, tensors=1)
         writer.put(nbytes, job)
-        writer.put(0, lambda: self.progress.advance(0, tensors=1))
 
     @staticmethod
     def _check(name: str, t, meta: TensorMeta) -> None:
@@ -133,7 +137,8 @@ class _Producer:
 
 class _WriterThread:
     """Runs the writes, in order, on a second thread, so that computing (reading, transposing)
-    the next tensor overlaps writing this one: measured on a 2 GiB transpose, ... .
+    the next tensor overlaps writing this one: on a 2 GiB HWIO->OIHW run here, 4.9-6.9 s became
+    3.2 s.
 
     Memory stays bounded: before computing a tensor of L bytes the producer waits until the
     computed tensors still queued hold at most ``BUDGET - L`` bytes, or none. A tensor costs 2L
@@ -201,7 +206,8 @@ class _WriterThread:
             self._raise()
 
 
-def _write_safetensors(path: Path, prod: _Producer, metas: dict[str, TensorMeta], metadata) -> int:
+def _write_safetensors(path: Path, prod: _Producer, metas: dict[str, TensorMeta], metadata, shown: Path) -> int:
+    """Write one safetensors file at ``path`` (a temporary name for ``shown``)."""
     with open(path, "wb") as f:
         w = SafetensorsWriter(f, metas, metadata)
         writer = _WriterThread()
@@ -216,7 +222,11 @@ def _write_safetensors(path: Path, prod: _Producer, metas: dict[str, TensorMeta]
         size = f.tell()
     if prod.digests is not None:
         r = SafetensorsReader(path)
-        _verify(path, {n: sha256_range(*r.locate(n)) for n in r.metas()}, {n: prod.digests[n] for n in metas})
+        back = {}
+        for n in r.metas():
+            _, begin, end = r.locate(n)
+            back[n] = sha256_range(path, begin, end - begin)
+        _verify(shown, back, {n: prod.digests[n] for n in metas})
     return size
 
 
@@ -258,7 +268,7 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
     metadata = dict(getattr(reader, "metadata", None) or {}) or {"format": "pt"}
     if fmt == "safetensors":
         with atomic_file(out) as tmp:
-            size = _write_safetensors(tmp, prod, metas, metadata)
+            size = _write_safetensors(tmp, prod, metas, metadata, out)
         return Written(out, fmt, len(metas), size, [out])
     if fmt == "safetensors-sharded":
         groups = shard_groups(metas, shard_size or 5 * 10**9)
@@ -266,7 +276,7 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
         with atomic_dir(out, replace=force) as tmp:
             for i, names in enumerate(groups):
                 fname = shard_name(i, len(groups))
-                total += _write_safetensors(tmp / fname, prod, {n: metas[n] for n in names}, metadata)
+                total += _write_safetensors(tmp / fname, prod, {n: metas[n] for n in names}, metadata, out / fname)
                 files.append(out / fname)
             index = {"metadata": {"total_size": sum(m.nbytes for m in metas.values())},
                      "weight_map": {n: shard_name(i, len(groups)) for i, names in enumerate(groups)
@@ -318,7 +328,7 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
             produced = {n: hashlib.sha256(tensor_bytes(t)).hexdigest() for n, t in state.items()}
             back = TorchReader(tmp, state_key=".".join(reader.state_path) if isinstance(reader, TorchReader)
                                and reader.state_path else None)
-            _verify(tmp, {n: hashlib.sha256(tensor_bytes(back.read(n))).hexdigest() for n in back.metas()},
+            _verify(out, {n: hashlib.sha256(tensor_bytes(back.read(n))).hexdigest() for n in back.metas()},
                     produced)
     size = out.stat().st_size
     return Written(out, "pt", len(state), size, [out], warnings)
@@ -328,9 +338,9 @@ def check_output(inputs: list[Path], out: Path, force: bool) -> None:
     """Refuse an output that is an input, or that exists (unless force)."""
     from .errors import UsageError
 
-    o = out.resolve()
+    o = Path(os.path.realpath(out))  # not Path.resolve(): it raises on a symlink loop
     for i in inputs:
-        ir = i.resolve()
+        ir = Path(os.path.realpath(i))
         if o == ir or (ir.is_dir() and ir in o.parents) or (o.is_dir() and (ir == o or o in ir.parents)):
             raise UsageError(f"{out}: output would overwrite the input {i}; choose another path")
     if out.exists() and not force:

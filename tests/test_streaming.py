@@ -97,9 +97,9 @@ class Recorder:
             self.reads.append((Path(path).name, begin, end))
             return real_read(path, begin, end, buf)
 
-        def copy_range(path, begin, length, out, on_chunk=None):
+        def copy_range(path, begin, length, out, on_chunk=None, crc=None):
             self.reads.append((Path(path).name, begin, begin + length))
-            return real_copy(path, begin, length, out, on_chunk)
+            return real_copy(path, begin, length, out, on_chunk, crc)
 
         for mod in (safetensors_io, torch_io):
             monkeypatch.setattr(mod, "read_range", read_range, raising=False)
@@ -283,3 +283,22 @@ def test_no_torch_import_for_metadata_commands(args, rules, tmp_path):
     r = subprocess.run([sys.executable, "-c", IMPORT_CHECK, *argv], capture_output=True, text=True, timeout=60)
     last = r.stderr.strip().splitlines()[-1]
     assert last.split()[0] == "NO-TORCH" and last.split()[1] in ("0", "None"), r.stderr
+
+
+@pytest.mark.parametrize("rules_text", ["ckptfix: 1\nrules:\n  - rename: {pattern: '/', replace: '.'}\n",
+                                        "ckptfix: 1\nrules:\n  - transpose: {keys: 'conv1/kernel', layout: HWIO->OIHW}\n"])
+def test_a_flipped_byte_in_a_pt_storage_is_caught_copied_or_read(cli, tmp_path, rules_text):
+    """Zip records carry a CRC-32: copies are checked on the way through (bytes read once), reads too."""
+    src = tmp_path / "in.pt"
+    torch.save(source_tensors(), src)
+    with api.Options().open(src) as r:
+        _, begin, _ = r.locate("conv1/kernel")
+    data = bytearray(src.read_bytes())
+    data[begin + 5] ^= 0x40
+    src.write_bytes(bytes(data))
+    rules = tmp_path / "r.yaml"
+    rules.write_text(rules_text)
+    out = tmp_path / "out.safetensors"
+    r = cli("apply", src, "-r", rules, "-o", out)
+    assert r.exit_code == 2 and "CRC" in r.stderr and str(src) in r.stderr, r.stderr
+    assert not out.exists()

@@ -33,6 +33,10 @@ class Reader(ABC):
         for readers whose files keep them that way; the executor then copies without reading."""
         return None
 
+    def crc_of(self, begin: int, end: int) -> tuple[int, str] | None:
+        """``(crc32, error message)`` a copy of this byte range must be checked against, if any."""
+        return None
+
     def layer_classes(self) -> dict[str, str]:
         """Layer name -> class name where the file records it (Keras configs); else empty."""
         return {}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 from ..errors import InputError
@@ -16,6 +18,16 @@ NPY_MAGIC = b"\x93NUMPY"
 # torch's legacy (non-zip) format starts with a pickled magic number
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 SHARD_INDEX = "model.safetensors.index.json"
+TF_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")  # the last 8 bytes of a TF checkpoint's .index
+
+
+def _tail(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-n, os.SEEK_END)
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def _head(path: Path, n: int = 512) -> bytes:
@@ -52,6 +64,8 @@ def classify(path: str | Path) -> str:
     try:
         st = os.stat(p)
     except FileNotFoundError:
+        if Path(str(p) + ".index").is_file():
+            return "tf-checkpoint"  # a TF prefix (``model.ckpt`` for model.ckpt.index + .data-*)
         raise InputError(p, "no such file or directory") from None
     except OSError as e:
         raise InputError(p, f"cannot access: {e.strerror}") from None
@@ -65,6 +79,10 @@ def classify(path: str | Path) -> str:
             return "keras-sharded"
         raise InputError(p, "is a directory with no model.safetensors.index.json, "
                          "TF checkpoint or Keras sharded weights in it")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
+        raise InputError(p, f"is not a regular file ({kind})")
     if p.name.endswith(".index.json") or p.name.endswith(".weights.json"):
         return "keras-sharded" if p.name.endswith(".weights.json") else "safetensors-sharded"
     if not p.exists() and Path(str(p) + ".index").is_file():
@@ -92,23 +110,55 @@ def classify(path: str | Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "pt-legacy"
+    if st.st_size >= 48 and _tail(p, 8) == TF_TABLE_MAGIC:  # a TF index, whatever its data shards' state
+        return "tf-checkpoint"
     if p.name.endswith(".index") and Path(str(p)[: -len(".index")] + ".data-00000-of-00001").exists():
         return "tf-checkpoint"
     if p.name.endswith(".index") and any(p.parent.glob(p.name[: -len(".index")] + ".data-*")):
         return "tf-checkpoint"
+    if _looks_like_old_pickle(head):
+        return "pt-legacy"  # torch.load refuses it, and the error names its globals
     raise _not_a_checkpoint(p, head)
+
+
+_OLD_PICKLE_START = re.compile(rb"c[\w.]+\n[\w.]+\n|\([dltcVSILFN)}\]]|L\d+L?\n|I\d+\n|[}\]]")
+
+
+def _looks_like_old_pickle(head: bytes) -> bool:
+    """A protocol 0/1 pickle (these have no 0x80 PROTO opcode): a typical first opcode, then at
+    least four opcodes that parse (or a complete pickle). Parsing only; nothing is run."""
+    import io
+    import pickletools
+
+    if not _OLD_PICKLE_START.match(head):
+        return False
+    n = 0
+    try:
+        for op, _arg, _pos in pickletools.genops(io.BytesIO(head)):
+            n += 1
+            if n >= 4 or op.name == "STOP":
+                return True
+    except Exception:  # noqa: BLE001 - not a pickle
+        return False
+    return False
 
 
 def _classify_zip(p: Path) -> str:
     try:
         with zipfile.ZipFile(p) as z:
             names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as e:
+        # NotImplementedError: a (corrupt) "needs zip version 24.9" or unknown flags
         raise InputError(p, f"truncated or corrupt zip archive ({e})") from None
+    dups = sorted(n for n, k in Counter(names).items() if k > 1)
+    if dups:  # zip readers disagree on which copy counts (torch takes the first, zipfile the last)
+        raise InputError(p, f"zip archive has duplicate entries ({', '.join(dups[:3])}): ambiguous, "
+                         "corrupt or hostile file")
     if any(n.endswith("data.pkl") for n in names):
         return "pt"
-    if "config.json" in names and any(n.endswith(".weights.h5") or n == "model.weights.h5" for n in names):
-        return "keras-archive"
+    if "config.json" in names and ("metadata.json" in names or any(
+            n.endswith(".weights.h5") or n == "model.weights.h5" for n in names)):
+        return "keras-archive"  # (the reader says so when the weights are missing)
     if names and all(n.endswith(".npy") for n in names):
         return "npz"
     if not names:
@@ -141,5 +191,25 @@ def open_checkpoint(path: str | Path, *, state_key: str | None = None,
     module, cls = READERS[fmt]
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
     if fmt in ("pt", "pt-legacy"):
-        return reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
-    return reader(path)
+        r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
+    else:
+        r = reader(path)
+    try:
+        _check_names(path, r.metas())
+    except BaseException:
+        r.close()
+        raise
+    return r
+
+
+def _check_names(path, metas) -> None:
+    """Tensor names must be text: JSON escapes (safetensors), pickles and HDF5 attributes can
+    all carry lone surrogates (``\\ud800``), which no output format can store or print."""
+    for name in metas:
+        if not isinstance(name, str):
+            raise InputError(path, f"tensor name {name!r} is not a string ({type(name).__name__})")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(path, f"tensor name {name.encode('utf-8', 'backslashreplace').decode()!r} "
+                             "is not valid Unicode (a lone surrogate): corrupt or crafted file") from None

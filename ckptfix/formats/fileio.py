@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -98,16 +99,20 @@ class WriteBehind:
         self.started = pos
 
 
-def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int], None] | None = None) -> None:
+def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int], None] | None = None,
+               crc: tuple[int, str] | None = None) -> None:
     """Append ``length`` bytes of ``path`` from ``begin`` to the open binary file ``out``.
-    ``on_chunk(n)`` is called after each step of at most ``CHUNK`` bytes."""
+    ``on_chunk(n)`` is called after each step of at most ``CHUNK`` bytes. With ``crc`` =
+    ``(crc32, message)`` the bytes pass through memory (read once) and are checked on the way;
+    a mismatch is an InputError with that message, before the copy is used."""
     out.flush()
     dst = out.fileno()
     pos = out.tell()
     src = _open(path)
     try:
         done = 0
-        kernel = hasattr(os, "copy_file_range")
+        kernel = hasattr(os, "copy_file_range") and crc is None
+        running = 0
         buf = None
         while done < length:
             step = min(CHUNK, length - done)
@@ -125,12 +130,16 @@ def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int
                 view = memoryview(buf)[:step]
                 read_into(src, view, begin + done, path)
                 k = os.pwrite(dst, view, pos + done)
+                if crc is not None:
+                    running = zlib.crc32(view[:k], running)
             if k == 0:
                 raise _short(path, length, begin)
             done += k
             out.seek(pos + done)
             if on_chunk:
                 on_chunk(k)
+        if crc is not None and running != crc[0]:
+            raise InputError(path, crc[1])
     finally:
         os.close(src)
 

@@ -27,8 +27,14 @@ import json
 import re
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
+
+try:
+    from lzma import LZMAError  # what zipfile raises for a corrupt LZMA member
+except ImportError:  # a Python without lzma cannot read such members at all
+    LZMAError = zlib.error
 
 from .. import dtypes
 from ..errors import InputError
@@ -282,6 +288,7 @@ class KerasH5Reader(NumpyReader):
 
         if not isinstance(ds, h5py.Dataset):
             raise InputError(self._display, f"{ds_path} is not a dataset")
+        self._refuse_foreign(ds, ds_path)
         if key in self._entries:
             raise InputError(self._display, f"two datasets map to the weight name {key!r}")
         dtype = _canonical_dtype(ds)
@@ -295,6 +302,21 @@ class KerasH5Reader(NumpyReader):
         self._entries[key] = (f, ds_path)
         self._metas[key] = TensorMeta(shape=tuple(int(s) for s in shape), dtype=dtype)
 
+    def _refuse_foreign(self, obj, where: str) -> None:
+        """Refuse data kept outside the checkpoint: HDF5 can link to, map or store a dataset's
+        bytes in any file on disk (``/home/u/.ssh/id_rsa``), which a conversion would copy out."""
+        import h5py
+
+        if not any(obj.file == f for f in self._files):
+            raise InputError(self._display, f"{where} is an external link to another file "
+                             f"({obj.file.filename}): refused")
+        if isinstance(obj, h5py.Dataset) and obj.external:
+            raise InputError(self._display, f"{where} keeps its data in an external raw file "
+                             f"({obj.external[0][0]!r}): refused")
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            raise InputError(self._display, f"{where} is a virtual dataset (data mapped from other "
+                             "files): refused")
+
     # -- legacy
 
     def _build_legacy(self, group) -> None:
@@ -304,6 +326,7 @@ class KerasH5Reader(NumpyReader):
                 raise InputError(self._display, f"layer {layer!r} is listed in layer_names but "
                                  "has no group")
             g = group[layer]
+            self._refuse_foreign(g, layer)
             weight_names = _list_attr(g, "weight_names")
             for wname in weight_names:
                 clean = _strip_tf_suffix(wname)
@@ -311,6 +334,7 @@ class KerasH5Reader(NumpyReader):
                 if wname not in g:
                     raise InputError(self._display, f"weight {wname!r} of layer {layer!r} is "
                                      "listed in weight_names but missing")
+                self._refuse_foreign(g[wname], f"{layer}/{wname}")
                 self._add(key, g.file, g[wname].name)
         self._layer_order = list(layer_names)
 
@@ -459,7 +483,11 @@ class KerasH5Reader(NumpyReader):
         f, dp = self._entries[name]
         try:
             ds = f[dp]
+            _check_stored(ds, dp, self._metas[name], self._display)
             arr = ds[()]
+        except MemoryError:  # numpy's, for the array h5py decompresses into
+            raise InputError(self._display, f"not enough memory to read {dp} "
+                             f"({self._metas[name].nbytes:,} bytes)") from None
         except _H5Errors.types as e:
             raise InputError(self._display, f"cannot read {dp} ({type(e).__name__}: "
                              f"{_one_line(e)}): corrupt or truncated file") from None
@@ -533,6 +561,25 @@ def _parse_json_attr(value, what: str, path) -> Any:
         return json.loads(text)  # data only: nothing in a config is ever executed
     except json.JSONDecodeError as e:
         raise InputError(path, f"{what} attribute is not valid JSON ({e})") from None
+
+
+# deflate shrinks data at most ~1032:1; other filters are given the same allowance
+_MAX_FILTER_RATIO = 1100
+
+
+def _check_stored(ds, dp: str, meta: TensorMeta, display) -> None:
+    """Refuse to read a dataset whose bytes are mostly not in the file: HDF5 fills unwritten
+    (sparse) datasets with the fill value, so a few KB can declare terabytes, which reading
+    would allocate and fill (found by fuzzing: a 25 KB .weights.h5 that needs 8 GiB)."""
+    need = meta.nbytes
+    if need == 0:
+        return
+    stored = ds.id.get_storage_size()
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    if stored * (_MAX_FILTER_RATIO if filtered else 1) < need:
+        raise InputError(display, f"{dp} declares {need:,} bytes ({list(meta.shape)} {meta.dtype}) "
+                         f"but the file stores {stored:,} for it: an unwritten or sparse dataset "
+                         "(corrupt, or made to exhaust memory)")
 
 
 def _canonical_dtype(ds) -> str | None:
@@ -641,7 +688,9 @@ class KerasArchiveReader(KerasH5Reader):
         except FileNotFoundError:
             raise InputError(p, "no such file or directory") from None
         except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError,
-                struct.error, EOFError) as e:
+                struct.error, EOFError, RuntimeError, zlib.error, LZMAError) as e:
+            # RuntimeError: "encrypted" (and NotImplementedError: unknown compression method or
+            # flags); zlib/LZMA: bad compressed data
             raise InputError(p, f"corrupt .keras archive ({type(e).__name__}: "
                              f"{_one_line(e)})") from None
         self._extra_close.append(fobj)

@@ -8,18 +8,26 @@ structured dtypes are refused with an InputError.
 from __future__ import annotations
 
 import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
+
+try:
+    from lzma import LZMAError  # what zipfile raises for a corrupt LZMA member
+except ImportError:  # a Python without lzma cannot read such members at all
+    LZMAError = zlib.error
 
 from .. import dtypes
 from ..errors import InputError
 from ..tensors import TensorMeta
 from .base import NumpyReader
 
+# tokenize.TokenError: numpy tokenizes old-style headers; zlib.error: a corrupt deflated member
 _ERRORS = (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile,
            UnicodeDecodeError, SyntaxError, TypeError, RuntimeError, IndexError, MemoryError,
-           RecursionError)
+           RecursionError, tokenize.TokenError, zlib.error, LZMAError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -42,12 +50,22 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
             shape, fortran, dtype = _read_header_3_0(fp)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
+    except zipfile.BadZipFile as e:  # an .npz member's CRC, checked when it is read whole
+        raise InputError(path, f"{what}: corrupt archive member ({_one_line(e)})") from None
     except _ERRORS as e:
         raise InputError(path, f"{what}: invalid .npy header ({_one_line(e)})") from None
     dtype = np.dtype(dtype)
     if dtype.hasobject:
+        from .torch_io import pickle_globals  # parses the pickle's opcodes; runs nothing
+
+        try:
+            names = pickle_globals(fp)
+        except Exception:  # noqa: BLE001 - only for the message
+            names = []
+        names.sort(key=lambda n: n.startswith(("numpy.", "_codecs.")))  # numpy's own helpers last
+        needs = f" (its pickle needs {', '.join(names[:6])})" if names else ""
         raise InputError(path, f"{what} holds Python objects (dtype {dtype}); loading it "
-                         "would need pickle, which ckptfix refuses")
+                         f"would need pickle, which ckptfix refuses{needs}")
     if dtype.names is not None or dtype.subdtype is not None:
         raise InputError(path, f"{what} has a structured dtype {dtype}, not a tensor")
     if any(not isinstance(s, int) or s < 0 for s in shape):

@@ -66,6 +66,9 @@ def parse_header(path: Path, f, size: int) -> tuple[dict[str, TensorMeta], dict[
     metas: dict[str, TensorMeta] = {}
     ranges: dict[str, tuple[int, int]] = {}
     for name, info in header.items():
+        if isinstance(info, dict) and "dtype" in info and (
+                not isinstance(info["dtype"], str) or info["dtype"] not in dtypes.BY_SAFETENSORS):
+            raise InputError(path, f"tensor {name!r} has unknown dtype {str(info['dtype'])[:40]!r}")
         try:
             dt = dtypes.BY_SAFETENSORS[info["dtype"]]
             shape = tuple(info["shape"])
@@ -250,7 +253,7 @@ class SafetensorsWriter:
         self._next += 1
         self._behind()
 
-    def copy(self, name: str, path: Path, begin: int, length: int, on_chunk=None) -> None:
+    def copy(self, name: str, path: Path, begin: int, length: int, on_chunk=None, crc=None) -> None:
         """Copy bytes already in the right layout from a file (a renamed tensor, a row range)."""
         expected = self.order[self._next]
         if name != expected or length != self.metas[name].nbytes:
@@ -259,7 +262,7 @@ class SafetensorsWriter:
             self._behind()
             if on_chunk:
                 on_chunk(n)
-        copy_range(path, begin, length, self.f, step)
+        copy_range(path, begin, length, self.f, step, crc)
         self._next += 1
 
     def finish(self) -> None:

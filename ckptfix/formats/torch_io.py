@@ -18,11 +18,12 @@ import re
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 from .. import dtypes
-from ..errors import InputError, UnsafePickleError, UsageError
+from ..errors import InputError, UnsafePickleError, UsageError, runs_code
 from ..tensors import TensorMeta
 from .base import Reader
 from .fileio import read_range
@@ -42,8 +43,20 @@ def _torch():
     return torch
 
 
-def resolve_global(name: str):
-    """Import ``module.qualname`` named on the command line by ``--allow-global``."""
+def resolve_global(name: str, path: Path | None = None):
+    """Import ``module.qualname`` named on the command line by ``--allow-global``.
+
+    Never one that can run code (``builtins.eval``, ``subprocess.Popen``, ...): torch blocks
+    only os/posix/nt/sys, and an allow-listed ``eval`` would run the file's payload. Checked on
+    the name and on what it resolves to (``torch.serialization.os.system`` is ``posix.system``).
+    The refusal names ``path``, the file being read, when given."""
+    def refuse():
+        msg = f"--allow-global {name} refused: it can run code, which no checkpoint needs"
+        hint = "a file that asks for it is an attack: do not use it"
+        return InputError(path, msg, hint=hint) if path else UsageError(msg, hint=hint)
+
+    if runs_code(name if "." in name else f"builtins.{name}"):
+        raise refuse()
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:
@@ -55,6 +68,9 @@ def resolve_global(name: str):
                 obj = getattr(obj, attr)
         except AttributeError:
             break
+        real = f"{getattr(obj, '__module__', None) or ''}.{getattr(obj, '__qualname__', '')}"
+        if runs_code(real, obj) or isinstance(obj, type(importlib)):
+            raise refuse()
         return obj
     raise UsageError(f"--allow-global {name}: cannot import it (give module.name, e.g. numpy.dtype)")
 
@@ -120,18 +136,107 @@ def get_path(obj, keys: tuple[str, ...]):
     return obj
 
 
-def _describe_load_error(path: Path, e: Exception) -> InputError:
-    msg = str(e)
-    names = re.findall(r"GLOBAL ([\w.]+)", msg)
-    if names or "Unsupported global" in msg or "blocked" in msg:
-        unsafe = []
-        try:
-            import torch
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+               "BINUNICODE8"}
+_NO_PUSH_OPS = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "STOP"}
 
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:
-            pass
+
+def _py3_global(module: str, name: str) -> str:
+    """``module.name`` as Python 3 unpicklers (and torch's) resolve it: protocols < 3 write
+    Python 2 names (``__builtin__.eval``, ``commands.Popen`` for ``subprocess.Popen``)."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+def pickle_globals(fp, max_pickles: int = 1) -> list[str]:
+    """The globals the pickle(s) read from ``fp`` name (``posix.system``), found by parsing
+    opcodes only: nothing is imported or run. Every protocol, ``GLOBAL``/``INST`` and
+    ``STACK_GLOBAL`` (whose strings are tracked through the memo). Up to ``max_pickles``
+    consecutive pickles (torch's legacy format is five); only complete ones count, so bytes that
+    merely parse for a while prove nothing."""
+    import pickletools
+
+    found: list[str] = []
+    for _ in range(max_pickles):
+        names: list[str] = []
+        pushed: list = []  # the values pushed so far, strings kept (enough for STACK_GLOBAL)
+        memo: dict = {}
+        try:
+            for op, arg, _pos in pickletools.genops(fp):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(_py3_global(*str(arg).split(" ", 1)))
+                elif op.name == "STACK_GLOBAL":
+                    mod, name = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+                    names.append(_py3_global(mod, name) if isinstance(mod, str) and isinstance(name, str)
+                                 else "<computed global>")
+                if op.name in ("MEMOIZE",):
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif op.name in _STRING_OPS:
+                    pushed.append(arg if isinstance(arg, str) else None)
+                elif op.name not in _NO_PUSH_OPS:
+                    pushed.append(None)
+                del pushed[:-2]
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: keep what was complete
+            break
+        found.extend(names)
+    # names come from the file: printable and short, so that an error stays one line
+    return list(dict.fromkeys(re.sub(r"[^\w.<>-]", "?", n)[:120] for n in found))
+
+
+def _unsafe_globals(path: Path, allowed: tuple[str, ...] = ()) -> list[str]:
+    """Globals of the checkpoint's pickle(s) that torch's weights_only unpickler does not allow."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        safe = set(_get_allowed_globals()) | set(allowed)
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkls = [n for n in z.namelist() if n.endswith("data.pkl")]
+                names = []
+                for n in pkls[:1]:
+                    with z.open(n) as fp:
+                        names = pickle_globals(fp)
+        else:
+            from .detect import _looks_like_old_pickle
+
+            with open(path, "rb") as fp:
+                head = fp.read(512)
+                fp.seek(0)
+                # only a pickle (a broken zip's bytes could parse as one by chance)
+                ok = head[:1] == b"\x80" or _looks_like_old_pickle(head)
+                names = pickle_globals(fp, max_pickles=5) if ok else []
+    except Exception:  # noqa: BLE001 - only for the message
+        return []
+    return [n for n in names if n not in safe]
+
+
+def _describe_load_error(path: Path, e: Exception, allowed: tuple[str, ...] = ()) -> InputError:
+    msg = str(e)
+    # torch names builtins without their module ("GLOBAL eval"); put it back
+    names = [_py3_global(*n.rsplit(".", 1)) if "." in n else f"builtins.{n}"
+             for n in re.findall(r"GLOBAL ([\w.]+)", msg)]
+    unsafe = _unsafe_globals(path, allowed)
+    if names or unsafe or "Unsupported global" in msg or "blocked" in msg:
         return UnsafePickleError(path, list(dict.fromkeys(unsafe + names)))
+    if "encryption" in msg:
+        m = re.search(r"for ([\w./-]+): unsupported encryption", msg)
+        return InputError(path, f"zip entry {m.group(1) if m else ''} is encrypted (a PyTorch checkpoint "
+                          "never is): corrupt or hostile file")
+    m = re.search(r"failed locating file ([\w./-]+): file not found", msg)
+    if m:
+        return InputError(path, f"storage record {m.group(1)} is missing (truncated or corrupt archive)")
+    if "WeightsUnpickler error:" in msg:
+        detail = msg.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        return InputError(path, f"refused to unpickle: {detail[:200]}")
     if "central directory" in msg or "zip archive" in msg:
         return InputError(path, "truncated or corrupt zip archive (no central directory)")
     if "record size" in msg or "does not match expected size" in msg:
@@ -146,7 +251,8 @@ def _describe_load_error(path: Path, e: Exception) -> InputError:
     if isinstance(e, EOFError):
         return InputError(path, "truncated pickle (unexpected end of file)")
     first = (msg.strip().splitlines() or [type(e).__name__])[0]
-    return InputError(path, f"cannot load PyTorch checkpoint: {type(e).__name__}: {first[:200]}")
+    return InputError(path, f"cannot load PyTorch checkpoint (corrupt or unsupported): "
+                      f"{type(e).__name__}: {first[:200]}")
 
 
 def _zip_records(path: Path) -> tuple[dict[int, zipfile.ZipInfo], str | None]:
@@ -177,9 +283,14 @@ class TorchReader(Reader):
         self.eager = legacy  # eager: tensors already hold their data (read whole by torch.load)
         if legacy:
             self.format = "pt-legacy"
-        self._allowed = [resolve_global(n) for n in allow_globals]
+        self._allowed = [resolve_global(n, self.path) for n in allow_globals]
+        self._records: dict[int, zipfile.ZipInfo] = {}
+        if not legacy:
+            self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
         self.container = self._load("cpu" if legacy else "meta")
+        if legacy:
+            self._check_legacy_storages()
         self.state_path = find_state_dict(self.container, state_key, self.path)
         if not legacy and not self._check_storages():
             # A zip not laid out by torch's writer (re-packed by another tool): torch's computed
@@ -209,10 +320,48 @@ class TorchReader(Reader):
                     return torch.load(f, weights_only=True, map_location=map_location)
         except InputError:
             raise
-        except (MemoryError, KeyboardInterrupt):
+        except KeyboardInterrupt:
             raise
+        except MemoryError:  # e.g. a string length of 2**32 in a 1 KB pickle (found by fuzzing)
+            raise InputError(self.path, "torch ran out of memory loading it: a corrupt length or "
+                             "size field, or a checkpoint larger than this machine's memory") from None
         except Exception as e:  # torch raises a zoo of types on bad files (see notes)
-            raise _describe_load_error(self.path, e) from None
+            allowed = tuple(f"{getattr(o, '__module__', '')}.{getattr(o, '__qualname__', '')}"
+                            for o in self._allowed)
+            raise _describe_load_error(self.path, e, allowed) from None
+
+    def _check_legacy_storages(self) -> None:
+        """torch's legacy loader fills only the storages its key list names; one the pickle uses
+        but the list leaves out is returned as uninitialized memory, without an error (found by
+        fuzzing: one flipped bit in a storage key). Refuse unless every storage is listed."""
+        import pickletools
+
+        from torch import _weights_only_unpickler
+
+        try:
+            with open(self.path, "rb") as f:
+                for _ in range(4):  # magic number, protocol, sys info, the objects
+                    for _op in pickletools.genops(f):
+                        pass
+                keys = _weights_only_unpickler.load(f, encoding="utf-8")
+            listed = len(set(keys))
+        except Exception:  # noqa: BLE001 - torch.load read it, so this does not happen
+            return
+        used = {t.untyped_storage()._cdata for _, t in self._walk_tensors(self.container)}
+        if len(used) > listed:
+            raise InputError(self.path, f"{len(used) - listed} storage(s) used by its tensors are "
+                             "missing from its storage list (corrupt file: their data would be "
+                             "uninitialized memory)")
+
+    def _check_byteorder(self) -> None:
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                names = [n for n in z.namelist() if n.endswith("/byteorder") or n == "byteorder"]
+                order = z.read(names[0]).decode("ascii", "replace").strip() if names else None
+        except Exception:  # noqa: BLE001 - a broken zip: torch.load reports it
+            return
+        if order not in (None, "little"):
+            raise InputError(self.path, f"byte order {order[:20]!r} is not supported")
 
     def _check_storages(self) -> bool:
         """Check every storage against its zip record before any is read. False if torch's
@@ -227,6 +376,8 @@ class TorchReader(Reader):
             raise InputError(self.path, f"byte order {byteorder!r} is not supported")
         size = os.path.getsize(self.path)
         for name, t in self._walk_tensors(self.container):
+            if t.layout is not _torch().strided:
+                return False  # sparse/quantized: no plain storage to check; read it whole
             st = t.untyped_storage()
             nbytes = st.nbytes()
             if nbytes == 0:
@@ -241,6 +392,7 @@ class TorchReader(Reader):
             if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
                 raise InputError(self.path, f"tensor {name}: storage record {info.filename} holds "
                                  f"{info.file_size} bytes, expected {nbytes} (truncated or corrupt)")
+        self._records = records
         return True
 
     @staticmethod
@@ -264,14 +416,19 @@ class TorchReader(Reader):
         import torch
 
         if self.eager or t.device.type != "meta":
-            return t.detach().clone() if self.eager else t
+            # contiguous, as read() promises (a plain clone keeps a transposed view's strides)
+            return t.detach().clone(memory_format=torch.contiguous_format) if self.eager else t
         if t.numel() == 0:
             return torch.empty(t.shape, dtype=t.dtype)
         # read only the bytes this view spans, not its whole (possibly shared) storage
         item = t.element_size()
         span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
         start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * item
-        flat = torch.frombuffer(read_range(self.path, start, start + span * item), dtype=t.dtype)
+        buf = read_range(self.path, start, start + span * item)
+        info = self._records.get(start)
+        if info is not None and len(buf) == info.file_size and zlib.crc32(buf) != info.CRC:
+            raise InputError(self.path, f"storage record {info.filename} fails its CRC check (data corrupt)")
+        flat = torch.frombuffer(buf, dtype=t.dtype)
         out = flat.as_strided(t.shape, t.stride(), 0)
         return out if out.is_contiguous() and span == t.numel() else out.contiguous()
 
@@ -285,6 +442,14 @@ class TorchReader(Reader):
             return None
         start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
         return self.path, start, start + t.numel() * t.element_size()
+
+    def crc_of(self, begin: int, end: int) -> tuple[int, str] | None:
+        """The CRC-32 a copy of ``[begin, end)`` must have, if that range is a whole storage record
+        (copies are then checked on the way through, as ``materialize`` checks what it reads)."""
+        info = self._records.get(begin)
+        if info is None or info.file_size != end - begin:
+            return None
+        return info.CRC, f"storage record {info.filename} fails its CRC check (data corrupt)"
 
     def materialize_all(self, obj):
         """A copy of ``obj`` with every meta tensor replaced by its data (for the extras)."""
@@ -313,7 +478,32 @@ class TorchReader(Reader):
 OPTIMIZER_KEY = re.compile(r"optim|lr_scheduler", re.I)
 
 
+class _WriteErrors:
+    """A file wrapper remembering the first write error: torch.save reports a failed write (full
+    disk, file-size limit) only as ``RuntimeError: ... unexpected pos``, losing the cause."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def save_pt(f, obj) -> None:
     import torch
 
-    torch.save(obj, f)
+    w = _WriteErrors(f)
+    try:
+        torch.save(obj, w)
+    except RuntimeError:
+        if w.error is not None:
+            raise w.error from None
+        raise
