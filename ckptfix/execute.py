@@ -146,7 +146,7 @@ class _WriterThread:
     ``max(2L, BUDGET + L)`` for the largest tensor L.
     """
 
-    BUDGET = 256 << 20
+    BUDGET = 64 << 20
 
     def __init__(self) -> None:
         self._cv = threading.Condition()

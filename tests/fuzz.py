@@ -568,7 +568,7 @@ RAW = (m_bitflip, m_bitflip, m_set_byte, m_set_int, m_set_int, m_truncate, m_del
 
 # -- JSON (safetensors header fields, Keras configs)
 
-WEIRD_VALUES = (None, True, False, 0, -1, 1.5, 2 ** 64, -(2 ** 63), "", "x", "é\x00",
+WEIRD_VALUES = (None, True, False, 0, -1, 1.5, 2 ** 64, -(2 ** 63), "", "x", "é\x00", "\ud800x",
                 [], {}, [1, 2], {"a": 1}, [[[[[[]]]]]], "NaN")
 
 
@@ -727,7 +727,7 @@ def m_st_header(rng, data):
             del header[name]
             desc = f"delete {name}"
         elif choice == 1:
-            new = rng.choice(("", "__metadata__", name + ".copy", "a" * 300, "é/..\\x", "x\x00y"))
+            new = rng.choice(("", "__metadata__", name + ".copy", "a" * 300, "é/..\\x", "x\x00y", "\udcff"))
             header[new] = dict(info)
             desc = f"add {new!r} with {name}'s entry"
         elif choice == 2:
@@ -743,7 +743,8 @@ def m_st_header(rng, data):
     elif r < 0.75:
         meta = header.get("__metadata__")
         header["__metadata__"] = rng.choice(({"format": 1}, [], "pt", {"a": {"b": "c"}},
-                                             {"format": "pt", "x" * 10: "y" * 10000}, None))
+                                             {"format": "pt", "x" * 10: "y" * 10000}, None,
+                                             {"format": "\ud800"}, {"\udcff": "pt"}))
         desc = f"__metadata__ {meta!r} -> {header['__metadata__']!r}"[:200]
     elif r < 0.9:
         # a consistent change: the file stays valid, with another layout
@@ -1382,7 +1383,11 @@ def m_keras_member(rng, data):
             items.append(items[k])
             desc = f"duplicate {names[k]}"
         else:
-            items[k] = (items[k][0], rng.choice((b"", b"null", b"[]", b"\xff\xfe", b"{}")), items[k][2])
+            deep = b'{"class_name": "Functional", "config": {"layers": [' * 400 + b"]}}" * 400
+            items[k] = (items[k][0], rng.choice((b"", b"null", b"[]", b"\xff\xfe", b"{}", b"[" * 100000,
+                                                  deep, b'{"config": {"layers": [{"class_name": '
+                                                  b'"Dense", "config": {"name": "\\ud800"}}]}}')),
+                        items[k][2])
             desc = f"{names[k]} = junk"
     return _rezip(items), "keras archive " + desc
 
@@ -2047,12 +2052,15 @@ def _worker_main(target: str, memory_mb: int) -> None:
     proto.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
+        if req.get("_dump_after"):  # where a hang is stuck, for the finding (stderr)
+            faulthandler.dump_traceback_later(req["_dump_after"])
         try:
             res = fn(req)
         except MemoryError as e:
             res = {"status": "bug", "detail": f"MemoryError: {e}\n{traceback.format_exc()}"}
         except Exception as e:  # noqa: BLE001
             res = {"status": "bug", "detail": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+        faulthandler.cancel_dump_traceback_later()
         proto.write(json.dumps(res) + "\n")
 
 
@@ -2066,7 +2074,12 @@ class Worker:
         self.target = target
         self.timeout = timeout
         self.memory_mb = memory_mb
-        self.stderr_path = stderr_path or Path(tempfile.mkstemp(prefix="ckptfix-fuzz-worker-", suffix=".log")[1])
+        self._own_log = stderr_path is None
+        if stderr_path is None:
+            fd, name = tempfile.mkstemp(prefix="ckptfix-fuzz-worker-", suffix=".log")
+            os.close(fd)
+            stderr_path = Path(name)
+        self.stderr_path = stderr_path
         self.proc: subprocess.Popen | None = None
         self._buf = b""
 
@@ -2112,6 +2125,7 @@ class Worker:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         mark = self.stderr_path.stat().st_size
+        req = {**req, "_dump_after": self.timeout * 0.8}
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         self._eof = False
@@ -2126,7 +2140,8 @@ class Worker:
         if self.proc.poll() is None:
             # no answer in time: a hang (the worker is killed and restarted next time)
             self._kill()
-            return {"status": "hang", "detail": f"no result within {self.timeout} s"}
+            tail = self.stderr_path.read_bytes()[mark:][-4000:].decode("utf-8", "replace")
+            return {"status": "hang", "detail": f"no result within {self.timeout} s\n{tail}"}
         code = self.proc.wait()
         tail = self.stderr_path.read_bytes()[mark:][-4000:].decode("utf-8", "replace")
         sig = -code if code < 0 else None
@@ -2155,6 +2170,8 @@ class Worker:
             self._stderr.close()
         except AttributeError:
             pass
+        if self._own_log:
+            self.stderr_path.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
@@ -2184,7 +2201,9 @@ def self_test(timeout: float = 5.0) -> None:
 
 def _signature(status: str, detail: str) -> str:
     """Group findings: the status, the exception type and the innermost ckptfix frame."""
-    frames = re.findall(r'File "([^"]*ckptfix[^"]*)", line (\d+), in (\w+)', detail)
+    frames = re.findall(r'File "([^"]*ckptfix[^"]*)", line (\d+),? in (\w+)', detail)
+    if "most recent call first" in detail:  # faulthandler's order (crashes, hangs)
+        frames = frames[::-1]
     where = f"{Path(frames[-1][0]).name}:{frames[-1][2]}" if frames else ""
     exc = re.findall(r"^(\w+(?:Error|Exception|Finding)?): ", detail, re.M)
     first = detail.splitlines()[0] if detail else ""

@@ -48,7 +48,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def references(corpus, tmp_path_factory):
-    """Values read from each unmutated seed whose format checksums its data."""
+    """Values read from each unmutated seed (compared where the format checksums its data)."""
     root = tmp_path_factory.mktemp("seeds")
     refs = {}
     for seeds in corpus.values():
@@ -234,9 +234,22 @@ def test_subprocess_harness_detects(target, status, detail):
             assert w.run({})["status"] == status
 
 
+def _torch_zip_with_alignment(tmp_path, value: bytes) -> Path:
+    bio = io.BytesIO()
+    torch.save({"a": torch.ones(2), "b": torch.ones(3)}, bio)
+    archive, recs = fuzz._torch_records(bio.getvalue())
+    p = tmp_path / "align.pt"
+    p.write_bytes(fuzz._torch_zip([(n, value if n == ".storage_alignment" else d) for n, d in recs],
+                                  archive))
+    return p
+
+
 def test_subprocess_harness_runs_real_cases_and_reports_crashes(corpus, tmp_path):
-    """One worker, the real target: a seed reads fine, a broken case is an 'error', and a
-    case whose read crashes the process is a 'crash' (SIGSEGV injected into the reader)."""
+    """One worker, the real target: a seed reads fine, a broken case is an 'error', a case
+    whose read crashes the process is a 'crash' (SIGSEGV injected into the reader); and the
+    regression for a real crash fuzzing found runs here, where a regression cannot kill pytest:
+    a torch zip whose .storage_alignment record is "0" made torch's meta load divide by zero
+    (SIGFPE, `ckptfix inspect` died with "Floating point exception")."""
     s = corpus["safetensors"][0]
     seed_dir = tmp_path / "seed"
     seed_dir.mkdir()
@@ -245,11 +258,31 @@ def test_subprocess_harness_runs_real_cases_and_reports_crashes(corpus, tmp_path
     broken.write_bytes(s.files[s.entry][:100])
     crash = tmp_path / "crash.safetensors"
     crash.write_bytes(s.files[s.entry])
+    sigfpe = _torch_zip_with_alignment(tmp_path, b"0")
     with fuzz.Worker(timeout=60) as w:
         assert w.run({"path": str(seed_dir / s.entry), "out_dir": str(tmp_path / "o1")})["status"] == "ok"
         assert w.run({"path": str(broken), "out_dir": str(tmp_path / "o2")})["status"] == "error"
         res = w.run({"path": str(crash), "out_dir": str(tmp_path / "o3"), "inject": "segfault"})
         assert res["status"] == "crash" and "SIGSEGV" in res["detail"], res
+        res = w.run({"path": str(sigfpe), "out_dir": str(tmp_path / "o4")})
+        assert res["status"] == "error", res
+    with pytest.raises(InputError, match=r"storage alignment b'0' is invalid"):
+        open_checkpoint(sigfpe)  # (in-process only now that the worker said it is safe)
+
+
+def test_regression_torch_zip_entry_marked_as_directory(tmp_path):
+    # zip external attributes with the DOS directory bit (fuzz: central ext_attr 0xfffffff0):
+    # torch's miniz reader then returns an unfilled buffer, i.e. uninitialized heap memory, as
+    # the record (data.pkl, .storage_alignment, or a storage's values when read eagerly)
+    p = tmp_path / "dir.pt"
+    torch.save({"a": torch.arange(64, dtype=torch.float32)}, p)
+    data = bytearray(p.read_bytes())
+    for m in re.finditer(b"PK\x01\x02", bytes(data)):
+        n = int.from_bytes(data[m.start() + 28:m.start() + 30], "little")
+        if data[m.start() + 46:m.start() + 46 + n].endswith(b"data/0"):
+            struct.pack_into("<I", data, m.start() + 38, 0x10)
+    p.write_bytes(bytes(data))
+    _clean_error(p, r"'dir/data/0' is marked as a directory", tmp_path)
 
 
 def test_long_run_script_end_to_end(tmp_path):
@@ -311,15 +344,17 @@ def test_regression_written_but_compressed_hdf5_dataset_still_reads(tmp_path):
         assert r.read("fc1/kernel").abs().sum() == 0
 
 
-@pytest.mark.parametrize("make", ["h5-attr", "safetensors-json", "pt-pickle"])
+@pytest.mark.parametrize("make", ["h5-attr", "safetensors-json", "safetensors-metadata", "pt-pickle"])
 def test_regression_names_with_lone_surrogates_are_refused(make, tmp_path):
     # a weight name with a lone surrogate (an HDF5 name attribute of non-UTF-8 bytes, a JSON
     # "\ud800" escape, a pickle string) made apply/inspect fail with "internal error:
     # UnicodeEncodeError" when writing the safetensors header or printing
     if make == "h5-attr":
         p = _keras3_weights(tmp_path, lambda f: f["layers/dense/vars"].attrs.__setitem__("name", b"\xff\xfe"))
-    elif make == "safetensors-json":
-        raw = json.dumps({"\ud800w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    elif make.startswith("safetensors"):
+        name, meta = ("\ud800w", "pt") if make.endswith("json") else ("w", "\ud800")
+        raw = json.dumps({"__metadata__": {"format": meta},
+                          name: {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
         p = tmp_path / "m.safetensors"
         p.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
     else:
@@ -329,7 +364,7 @@ def test_regression_names_with_lone_surrogates_are_refused(make, tmp_path):
         p = tmp_path / "m.pt"
         p.write_bytes(fuzz._patch_crc(b, next(n for n in zipfile.ZipFile(io.BytesIO(b)).namelist()
                                                if n.endswith("data.pkl"))))
-    _clean_error(p, r"not valid Unicode", tmp_path)
+    _clean_error(p, r"not valid Unicode|invalid Unicode", tmp_path)
 
 
 def test_regression_non_string_tensor_name(tmp_path):
@@ -354,6 +389,37 @@ def test_regression_zip_fields_in_a_keras_archive(field, value, member, cause, c
     p = tmp_path / "m.keras"
     p.write_bytes(bytes(data))
     _clean_error(p, cause, tmp_path)
+
+
+def _keras_archive_with_config(corpus, tmp_path, config: bytes) -> Path:
+    s = next(x for x in corpus["keras-archive"] if x.name.endswith("small"))
+    items = [(i.filename, config if i.filename == "config.json" else d, i.compress_type)
+             for i, d in fuzz._zip_members(s.files["m.keras"])]
+    p = tmp_path / "m.keras"
+    p.write_bytes(fuzz._rezip(items))
+    return p
+
+
+def test_regression_keras_config_nested_too_deeply(corpus, tmp_path):
+    # json.loads raised RecursionError (an internal error) on a 400-model-deep config.json
+    deep = b'{"class_name": "Functional", "config": {"name": "m", "layers": [' * 400 + b"]}}" * 400
+    _clean_error(_keras_archive_with_config(corpus, tmp_path, deep), r"config.json is nested", tmp_path)
+
+
+@pytest.mark.parametrize("where", ["legacy-model_config", "keras-config.json"])
+def test_regression_keras_config_with_lone_surrogates(where, corpus, tmp_path):
+    # fuzz: one byte of a legacy .h5's model_config set to 0x80 made a layer class "\udc80onv2D"
+    # (h5py decodes with surrogateescape; a JSON "\ud800" escape does the same), which
+    # `ckptfix inspect` cannot print in a UTF-8 locale
+    if where == "legacy-model_config":
+        s = next(x for x in corpus["keras-h5"] if x.name.endswith("weights-only"))
+        assert s.files["m.h5"].count(b'"Conv2D"') == 1
+        p = tmp_path / "m.h5"
+        p.write_bytes(s.files["m.h5"].replace(b'"Conv2D"', b'"\x80onv2D"'))
+    else:
+        cfg = json.dumps(fuzz.KERAS3_CONFIG).replace('"fc1"', '"\\ud800"').encode()
+        p = _keras_archive_with_config(corpus, tmp_path, cfg)
+    _clean_error(p, r"invalid Unicode \(lone surrogates\)", tmp_path)
 
 
 def test_regression_npy_header_that_breaks_numpys_tokenizer(tmp_path):

@@ -163,3 +163,17 @@ def test_hwio_to_oihw_is_numerically_the_same_convolution():
     bad = torch.from_numpy(k).reshape(7, 3, 3, 5)
     wrong = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), bad, torch.from_numpy(b))
     assert not np.allclose(wrong.permute(0, 2, 3, 1).numpy(), ref)
+
+
+def test_reversal_in_many_tiles_equals_torch(monkeypatch):
+    from ckptfix.rules import ops
+
+    monkeypatch.setattr(ops, "BLOCK", 64)  # 8x8 tiles: many tiles, short ones at the edges
+    for shape in [(3, 3, 5, 7), (1, 1, 4, 9), (2, 1, 3, 5), (5, 4, 1, 3), (2, 2, 17, 9), (1, 3, 20, 11)]:
+        t = torch.randn(shape)
+        assert torch.equal(ops._reverse3(t.reshape(shape[0] * shape[1], shape[2], shape[3])),
+                           t.reshape(-1, shape[2], shape[3]).permute(2, 1, 0).contiguous())
+    t = torch.randn(4, 6, 5).to(torch.bfloat16)
+    assert torch.equal(ops._reverse3(t), t.permute(2, 1, 0).contiguous())
+    big = torch.randn(3, 3, 64, 256)  # over 1 MiB: permute_copy tiles it
+    assert torch.equal(permute_copy(big, (3, 2, 0, 1)), big.permute(3, 2, 0, 1).contiguous())

@@ -557,10 +557,33 @@ def _parse_json_attr(value, what: str, path) -> Any:
     text = _decode_attr(value)
     if not isinstance(text, str):
         return None
+    return _loads_config(text, f"{what} attribute", path)
+
+
+_MAX_JSON_DEPTH = 500  # real Keras configs nest a few dozen levels; the config walk recurses
+
+
+def _loads_config(text: str, what: str, path) -> Any:
+    """A JSON config, as data only (nothing in a config is ever executed). Refuses lone
+    surrogates (from invalid UTF-8 or "\\ud800" escapes: unprintable layer names and classes)
+    and nesting deep enough to exhaust the recursion of the config walk (found by fuzzing)."""
     try:
-        return json.loads(text)  # data only: nothing in a config is ever executed
+        obj = json.loads(text)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as e:
-        raise InputError(path, f"{what} attribute is not valid JSON ({e})") from None
+        raise InputError(path, f"{what} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(path, f"{what} is nested too deeply") from None
+    except UnicodeEncodeError:
+        raise InputError(path, f"{what} holds invalid Unicode (lone surrogates): corrupt file") from None
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise InputError(path, f"{what} is nested more than {_MAX_JSON_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return obj
 
 
 # deflate shrinks data at most ~1032:1; other filters are given the same allowance
@@ -678,10 +701,10 @@ class KerasArchiveReader(KerasH5Reader):
                     weights = ["model.weights.h5"]
                 if not weights:
                     raise InputError(p, ".keras archive has no model.weights.h5")
-                config = json.loads(zf.read("config.json").decode("utf-8"))
+                config = _loads_config(zf.read("config.json").decode("utf-8"), "config.json", p)
                 metadata = None
                 if "metadata.json" in names:
-                    metadata = json.loads(zf.read("metadata.json").decode("utf-8"))
+                    metadata = _loads_config(zf.read("metadata.json").decode("utf-8"), "metadata.json", p)
                 fobj = _open_member(p, zf, weights[0])
         except InputError:
             raise

@@ -7,6 +7,7 @@ structured dtypes are refused with an InputError.
 
 from __future__ import annotations
 
+import math
 import struct
 import tokenize
 import zipfile
@@ -70,6 +71,11 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
         raise InputError(path, f"{what} has a structured dtype {dtype}, not a tensor")
     if any(not isinstance(s, int) or s < 0 for s in shape):
         raise InputError(path, f"{what}: invalid shape {shape}")
+    # numpy cannot make such an array even when a 0 makes it empty (found by fuzzing: reshape
+    # raised "Maximum allowed dimension exceeded" for (0, 2**63, 3)); a non-empty one is
+    # reported as truncated, its data being missing
+    if 0 in shape and math.prod(s for s in shape if s) * dtype.itemsize >= 2**63:
+        raise InputError(path, f"{what}: shape {shape} is too large for any array")
     return tuple(shape), fortran, dtype
 
 

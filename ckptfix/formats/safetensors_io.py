@@ -62,6 +62,11 @@ def parse_header(path: Path, f, size: int) -> tuple[dict[str, TensorMeta], dict[
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InputError(path, "invalid safetensors header: __metadata__ must map strings to strings")
+    try:  # a JSON "\ud800" escape: a lone surrogate, which no output (or terminal) can encode
+        json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(path, "invalid safetensors header: __metadata__ holds invalid Unicode "
+                         "(a lone surrogate)") from None
     start = 8 + n
     metas: dict[str, TensorMeta] = {}
     ranges: dict[str, tuple[int, int]] = {}

@@ -358,10 +358,25 @@ class TorchReader(Reader):
             with zipfile.ZipFile(self.path) as z:
                 names = [n for n in z.namelist() if n.endswith("/byteorder") or n == "byteorder"]
                 order = z.read(names[0]).decode("ascii", "replace").strip() if names else None
+                names = [n for n in z.namelist() if n.endswith("/.storage_alignment")]
+                align = z.read(names[0]) if names else None
+                # miniz (torch's reader) treats an entry with the DOS directory attribute as a
+                # directory and returns an unfilled buffer for it: uninitialized memory as data
+                dirs = [i.filename for i in z.infolist() if i.external_attr & 0x10 or i.is_dir()]
         except Exception:  # noqa: BLE001 - a broken zip: torch.load reports it
             return
+        if dirs:
+            raise InputError(self.path, f"zip entry {dirs[0]!r} is marked as a directory (corrupt "
+                             "file: torch would read uninitialized memory for it)")
         if order not in (None, "little"):
             raise InputError(self.path, f"byte order {order[:20]!r} is not supported")
+        # torch's meta load divides by it: a record "0" kills the process with SIGFPE (fuzzing)
+        try:
+            bad = align is not None and int(align) <= 0
+        except ValueError:
+            bad = False  # torch.load reports it
+        if bad:
+            raise InputError(self.path, f"storage alignment {align[:20]!r} is invalid (corrupt file)")
 
     def _check_storages(self) -> bool:
         """Check every storage against its zip record before any is read. False if torch's

@@ -49,8 +49,7 @@ def permute_copy(t, perm):
 
     Dims of size 1 are dropped and runs of dims that stay together are merged, so HWIO->OIHW is
     the 3-axis reversal (HW, I, O) -> (O, I, HW), and depthwise/1x1 kernels become 2-D transposes.
-    torch copies a reversal element by element with poor locality (about 1 GB/s here); done as a
-    batched 2-D transpose followed by a 2-D transpose it runs about twice as fast.
+    torch copies a reversal element by element with poor locality; ``_reverse3`` tiles it.
     """
     shape = tuple(t.shape)
     groups: list[list[int]] = []  # runs of input dims, in output order
@@ -68,12 +67,30 @@ def permute_copy(t, perm):
         out = x.clone()
     elif q == [1, 0]:
         out = x.t().contiguous()
-    elif q == [2, 1, 0]:
-        a, b, c = x.shape
-        out = x.transpose(1, 2).contiguous().reshape(a, c * b).t().contiguous()
+    elif q == [2, 1, 0] and x.numel() * x.element_size() > 1 << 20:  # small ones: tiling costs more
+        out = _reverse3(x)
     else:
         out = x.permute(q).contiguous()
     return out.reshape([shape[p] for p in perm])
+
+
+BLOCK = 32 << 10  # bytes of input one tile of a reversal covers: it stays in the L1/L2 cache
+
+
+def _reverse3(x):
+    """(A, B, C) -> (C, B, A), contiguous, tile by tile: each tile ``x[:, b:b+n, c:c+n]`` is read
+    and written while it is in cache. torch copies the whole permuted view element by element with
+    strided reads across the full tensor (0.4-1 GB/s here for 3x3x1024x1024 kernels); tiled, it
+    runs 2-3x faster. Memory: the input and the output, nothing more."""
+    import torch
+
+    a, b, c = x.shape
+    out = torch.empty((c, b, a), dtype=x.dtype)
+    n = max(8, int(math.sqrt(BLOCK / (a * x.element_size()))) // 8 * 8)
+    for c0 in range(0, c, n):
+        for b0 in range(0, b, n):
+            out[c0:c0 + n, b0:b0 + n].copy_(x[:, b0:b0 + n, c0:c0 + n].permute(2, 1, 0))
+    return out
 
 
 @dataclass(frozen=True)
