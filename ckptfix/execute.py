@@ -8,6 +8,7 @@ import collections
 import hashlib
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from .progress import Progress
 from .tensors import TensorMeta
 
 OUTPUT_FORMATS = ("safetensors", "safetensors-sharded", "pt")
+SWITCH_INTERVAL = 0.0005  # seconds; see execute()
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -249,6 +251,11 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
     progress = progress or Progress()
     prod = _Producer(plan, reader, progress, verify)
     progress.start(out.name, sum(m.nbytes for m in plan.metas.values()), len(plan.entries))
+    # The writer thread needs the GIL back after each write; with the default 5 ms switch
+    # interval it queues behind the transpose loop. Measured on 2 GiB of kernels: transpose and
+    # writes overlapped took 8.1 s at 5 ms, 3.7 s at 0.5 ms (each alone: 3.1 s and 3.5 s).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, SWITCH_INTERVAL))
     try:
         written = _write(fmt, plan, reader, prod, out, force, shard_size)
     except CkptfixError:
@@ -256,6 +263,7 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
     except OSError as e:
         raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
+        sys.setswitchinterval(interval)
         progress.finish()
     if stale:
         written.warnings.append(f"removed {len(stale)} temporary file(s) left in {out.parent} by killed runs")

@@ -422,6 +422,23 @@ def test_regression_keras_config_with_lone_surrogates(where, corpus, tmp_path):
     _clean_error(p, r"invalid Unicode \(lone surrogates\)", tmp_path)
 
 
+def test_regression_deflated_keras_weights_with_an_address_past_2_63(corpus, tmp_path):
+    # the weights member deflated (read through BytesIO) and a superblock address of 2**63:
+    # h5py's file-object driver raised OverflowError, an internal error
+    s = next(x for x in corpus["keras-archive"] if x.name.endswith("small"))
+    items = []
+    for info, data in fuzz._zip_members(s.files["m.keras"]):
+        if info.filename.endswith(".h5"):
+            data = bytearray(data)
+            struct.pack_into("<Q", data, 48, 1 << 63)  # superblock v0: the driver info address
+            items.append((info.filename, bytes(data), zipfile.ZIP_DEFLATED))
+        else:
+            items.append((info.filename, data, info.compress_type))
+    p = tmp_path / "m.keras"
+    p.write_bytes(fuzz._rezip(items))
+    _clean_error(p, r"OverflowError", tmp_path)
+
+
 def test_regression_npy_header_that_breaks_numpys_tokenizer(tmp_path):
     # fuzz case "npy/fortran-f64: insert 512 x 0xff at 12; delete [45:46]": an unterminated
     # string in the header made numpy's tokenize raise TokenError

@@ -85,8 +85,6 @@ def classify(path: str | Path) -> str:
         raise InputError(p, f"is not a regular file ({kind})")
     if p.name.endswith(".index.json") or p.name.endswith(".weights.json"):
         return "keras-sharded" if p.name.endswith(".weights.json") else "safetensors-sharded"
-    if not p.exists() and Path(str(p) + ".index").is_file():
-        return "tf-checkpoint"  # a TF prefix
     try:
         head = _head(p)
     except PermissionError:

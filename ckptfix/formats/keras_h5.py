@@ -212,7 +212,8 @@ class _H5Errors:
     """Exceptions h5py raises on malformed files (plus what our own parsing can raise)."""
     types = (OSError, KeyError, ValueError, RuntimeError, TypeError, IndexError,
              AttributeError, struct.error, UnicodeDecodeError, json.JSONDecodeError,
-             zipfile.BadZipFile)
+             zipfile.BadZipFile,
+             OverflowError)  # h5py's file-object driver, asked to seek past 2**63 (fuzzing)
 
 
 class KerasH5Reader(NumpyReader):
