@@ -82,8 +82,9 @@ def main() -> None:
     ap.add_argument("--conv", type=int, default=12, help="conv-heavy files")
     ap.add_argument("--conv-mib", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--loop-reps", type=int, default=1, help="repetitions of the (slow) shell loop")
+    ap.add_argument("--loop-reps", type=int, default=1, help="repetitions of the (slow) shell loop (0: skip it)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--output", type=Path, help="markdown report (default benchmarks/results-batch.md)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ckptfix-bench-batch")
     a = ap.parse_args()
     if a.quick:
@@ -111,10 +112,12 @@ def main() -> None:
             results[name].append(timed(cmd, work / "time.log"))
             print(f"rep {rep + 1} {name}: {results[name][-1][0]:.2f} s", file=sys.stderr)
     shutil.rmtree(out, ignore_errors=True)
+    results = {k: v for k, v in results.items() if v}
+    cases = {k: v for k, v in cases.items() if k in results}
     med = {k: statistics.median(w for w, _, _ in v) for k, v in results.items()}
     rss = {k: max(r for _, r, _ in v) for k, v in results.items()}
     cpu = {k: statistics.median(c for _, _, c in v) for k, v in results.items()}
-    loop_x = med["small/loop"] / med["small/batch"]
+    loop_x = med["small/loop"] / med["small/batch"] if "small/loop" in med else float("nan")
     jobs_x = med["conv/jobs1"] / med["conv/jobs2"]
     conv_bytes = sum(p.stat().st_size for p in conv.glob("*.safetensors"))
     lines = [
@@ -135,7 +138,7 @@ def main() -> None:
         f"- `--jobs 2` vs `--jobs 1`: **{jobs_x:.2f}x** faster (target >= 1.6x)",
     ]
     text = "\n".join(lines) + "\n"
-    dest = BENCH / ("results-batch-quick.md" if a.quick else "results-batch.md")
+    dest = a.output or BENCH / ("results-batch-quick.md" if a.quick else "results-batch.md")
     dest.write_text(text)
     print(text)
 
