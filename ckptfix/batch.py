@@ -34,14 +34,13 @@ from typing import Callable
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_OK, UsageError
 from .formats.atomic import TMP_PREFIX
+from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_path
 
 MANIFEST = ".ckptfix-manifest.jsonl"
-INDEX = "model.safetensors.index.json"
 # what --recursive picks up in a directory (a directory holding an HF index is one checkpoint)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".h5", ".hdf5", ".keras",
                        ".npz", ".npy", ".index")
-PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_TIMEOUT = 1800.0  # seconds per input; a 100 GB checkpoint streams in a few minutes here
 
 
@@ -113,12 +112,12 @@ def collect(paths: list[str], recursive: bool) -> list[tuple[Path, Path]]:
     found: list[tuple[Path, Path]] = []
     for arg in paths:
         p = Path(arg)
-        if p.is_dir() and not (p / INDEX).is_file():
+        if p.is_dir() and not (p / SHARD_INDEX).is_file():
             if not recursive:
                 raise UsageError(f"{p}: is a directory; give --recursive to process the checkpoints under it")
             found += [(f, f.relative_to(p)) for f in _walk(p)]
             continue
-        found.append((p, Path(p.parent.name if p.name == INDEX else p.name)))
+        found.append((p, Path(p.parent.name if p.name == SHARD_INDEX else p.name)))
     return found
 
 
@@ -127,15 +126,15 @@ def _walk(root: Path):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for n in list(dirnames):
-            if (d / n / INDEX).is_file():  # a sharded checkpoint: one input, not its shards
+            if (d / n / SHARD_INDEX).is_file():  # a sharded checkpoint: one input, not its shards
                 dirnames.remove(n)
                 yield d / n
-        if (d / INDEX).is_file() and d != root:
+        if (d / SHARD_INDEX).is_file() and d != root:
             continue
         for n in sorted(filenames):
             if n.startswith(".") or n.startswith(TMP_PREFIX) or not n.endswith(CHECKPOINT_SUFFIXES):
                 continue
-            if n.endswith(".safetensors") and (d / INDEX).is_file():
+            if n.endswith(".safetensors") and (d / SHARD_INDEX).is_file():
                 continue  # a shard of the sharded checkpoint at the root
             yield d / n
 

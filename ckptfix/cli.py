@@ -437,7 +437,7 @@ def presets() -> None:
     """List the bundled rule presets (usable as -r NAME)."""
 
     def go():
-        from .rules import load_rules, presets as found
+        from .rules import presets as found
 
         for name, path in found().items():
             first = ""

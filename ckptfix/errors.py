@@ -51,11 +51,11 @@ class UnsafePickleError(InputError):
 
     def __init__(self, path: str | Path, names: list[str]) -> None:
         self.names = names
-        blocked = [n for n in names if runs_code(n)]
-        shown = (blocked + [n for n in names if n not in blocked])[:8]  # a hostile file may name thousands
+        # a hostile file may name thousands: cap before combining (the lists are searched)
+        blocked = [n for n in names if runs_code(n)][:8]
+        shown = (blocked + [n for n in names[:16] if n not in blocked])[:8]
         listed = (", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")) \
             if names else "unknown"
-        blocked = blocked[:8]
         super().__init__(
             path,
             f"refused to unpickle: needs non-allowlisted global(s) {listed}",

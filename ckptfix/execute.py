@@ -17,6 +17,7 @@ from . import dtypes
 from .errors import CkptfixError
 from .formats.atomic import atomic_dir, atomic_file, clean_stale
 from .formats.base import Reader
+from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_range
 from .formats.safetensors_io import SafetensorsReader, SafetensorsWriter, shard_groups, shard_name, tensor_bytes
 from .plan import Plan
@@ -25,7 +26,6 @@ from .tensors import TensorMeta
 
 OUTPUT_FORMATS = ("safetensors", "safetensors-sharded", "pt")
 SWITCH_INTERVAL = 0.0005  # seconds; see execute()
-PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 @dataclass
@@ -44,7 +44,7 @@ def output_format(out: str | Path, requested: str | None, input_format: str, sha
         if requested == "safetensors" and shard_size:
             return "safetensors-sharded"
         return requested
-    if shard_size or str(out).endswith("/") or (Path(out) / "model.safetensors.index.json").is_file():
+    if shard_size or str(out).endswith("/") or (Path(out) / SHARD_INDEX).is_file():
         return "safetensors-sharded"
     out = Path(out)
     if out.is_dir():
@@ -290,7 +290,7 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
                      "weight_map": {n: shard_name(i, len(groups)) for i, names in enumerate(groups)
                                     for n in sorted(names)}}
             index["weight_map"] = dict(sorted(index["weight_map"].items()))
-            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            (tmp / SHARD_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         return Written(out, fmt, len(metas), total, files)
     return _write_pt(plan, reader, prod, out)
 
@@ -360,8 +360,8 @@ def check_output(inputs: list[Path], out: Path, force: bool) -> None:
 def _is_sharded_output(d: Path) -> bool:
     """Only a directory ckptfix could have written may be replaced by --force."""
     names = [p.name for p in d.iterdir()]
-    return "model.safetensors.index.json" in names and all(
-        n == "model.safetensors.index.json" or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
+    return SHARD_INDEX in names and all(
+        n == SHARD_INDEX or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
 
 
 __all__ = ["execute", "output_format", "check_output", "Written"]

@@ -64,6 +64,14 @@ FORMATS = ("safetensors", "pt", "pt-legacy", "keras-h5", "keras-weights", "keras
 # the seed corpus
 
 
+def write_files(files: dict[str, bytes], entry: str, d: Path) -> Path:
+    """Lay a seed's or a case's files out under ``d``; return the path given to the reader."""
+    for n, b in files.items():
+        (d / n).parent.mkdir(parents=True, exist_ok=True)
+        (d / n).write_bytes(b)
+    return d / entry
+
+
 @dataclass
 class Seed:
     name: str                        # "<format>/<what>"
@@ -74,6 +82,9 @@ class Seed:
     kind: dict[str, str]             # file -> structure ("safetensors", "zip-pt", "pickle", ...)
     integrity: bool = False          # data is checksummed: accepted values must equal the seed's
     hints: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # file -> int fields
+
+    def write(self, d: Path) -> Path:
+        return write_files(self.files, self.entry, d)
 
 
 def _st_bytes(tensors, metadata=None) -> bytes:
@@ -1682,9 +1693,7 @@ class Case:
 
     def write(self, d: Path) -> Path:
         d.mkdir(parents=True, exist_ok=True)
-        for n, b in self.files.items():
-            (d / n).write_bytes(b)
-        return d / self.entry
+        return write_files(self.files, self.entry, d)
 
 
 def _one_mutation(rng, seed: Seed, files: dict[str, bytes], dirty: set[str]
@@ -2234,9 +2243,7 @@ def fuzz(formats: list[str], seconds: float, seed: int, findings: Path, *, timeo
     for fmt in formats:
         for s in corpus[fmt]:
             d = seeds_dir / s.name.replace("/", "__")
-            for n, b in s.files.items():
-                (d / n).parent.mkdir(parents=True, exist_ok=True)
-                (d / n).write_bytes(b)
+            s.write(d)
             seed_dirs[s.name] = d
     counts: dict[str, collections.Counter] = {f: collections.Counter() for f in formats}
     signatures: collections.Counter = collections.Counter()
@@ -2301,9 +2308,7 @@ def replay(fmt: str, seed: int, index: int, keep: Path | None) -> int:
         if case.check_values:
             s = next(x for x in corpus[fmt] if x.name == case.seed_name)
             sd = Path(td) / "seed"
-            for n, b in s.files.items():
-                (sd / n).parent.mkdir(parents=True, exist_ok=True)
-                (sd / n).write_bytes(b)
+            s.write(sd)
             ref = reference_values(sd, s.entry)
         if keep:
             print(f"mutated file(s) written to {case.write(keep)}")

@@ -54,9 +54,7 @@ def references(corpus, tmp_path_factory):
     for seeds in corpus.values():
         for s in seeds:
             d = root / s.name.replace("/", "__")
-            for n, b in s.files.items():
-                (d / n).parent.mkdir(parents=True, exist_ok=True)
-                (d / n).write_bytes(b)
+            s.write(d)
             status, values, message = fuzz.read_all(d / s.entry)
             assert status == "ok", f"seed {s.name} does not read: {message}"
             refs[s.name] = values
@@ -99,9 +97,7 @@ def test_every_seed_reads_and_applies(corpus, tmp_path):
     for seeds in corpus.values():
         for s in seeds:
             d = tmp_path / s.name.replace("/", "__")
-            for n, b in s.files.items():
-                (d / n).parent.mkdir(parents=True, exist_ok=True)
-                (d / n).write_bytes(b)
+            s.write(d)
             out = d / "out"
             out.mkdir()
             assert fuzz.exercise(d / s.entry, out) == "ok", s.name

@@ -17,7 +17,8 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"
 # torch's legacy (non-zip) format starts with a pickled magic number
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-SHARD_INDEX = "model.safetensors.index.json"
+SHARD_INDEX = "model.safetensors.index.json"  # huggingface_hub's sharded-safetensors index
+PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # file names PyTorch checkpoints go by
 TF_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")  # the last 8 bytes of a TF checkpoint's .index
 
 

@@ -18,6 +18,13 @@ from typing import Callable
 
 from ..errors import InputError
 
+try:
+    from lzma import LZMAError  # what zipfile raises for a corrupt LZMA member
+except ImportError:  # a Python without lzma cannot read such members at all
+    LZMAError = zlib.error
+# what reading a corrupt compressed zip member raises (besides zipfile.BadZipFile)
+ZIP_MEMBER_ERRORS = (zlib.error, LZMAError)
+
 CHUNK = 64 << 20  # one step of a copy (bounds memory on the fallback path, paces progress) and of write-behind
 # copy_file_range is refused for these (old kernels, cross-device, special files): fall back
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.EPERM}
@@ -53,12 +60,6 @@ def read_range(path: Path, begin: int, end: int, buf=None):
     finally:
         os.close(fd)
     return buf
-
-
-def write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _sync_file_range():

@@ -27,17 +27,12 @@ import json
 import re
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
-try:
-    from lzma import LZMAError  # what zipfile raises for a corrupt LZMA member
-except ImportError:  # a Python without lzma cannot read such members at all
-    LZMAError = zlib.error
-
 from .. import dtypes
 from ..errors import InputError
+from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
 
@@ -712,7 +707,7 @@ class KerasArchiveReader(KerasH5Reader):
         except FileNotFoundError:
             raise InputError(p, "no such file or directory") from None
         except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError,
-                struct.error, EOFError, RuntimeError, zlib.error, LZMAError) as e:
+                struct.error, EOFError, RuntimeError, *ZIP_MEMBER_ERRORS) as e:
             # RuntimeError: "encrypted" (and NotImplementedError: unknown compression method or
             # flags); zlib/LZMA: bad compressed data
             raise InputError(p, f"corrupt .keras archive ({type(e).__name__}: "

@@ -11,24 +11,19 @@ import math
 import struct
 import tokenize
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
-try:
-    from lzma import LZMAError  # what zipfile raises for a corrupt LZMA member
-except ImportError:  # a Python without lzma cannot read such members at all
-    LZMAError = zlib.error
-
 from .. import dtypes
 from ..errors import InputError
+from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
 
 # tokenize.TokenError: numpy tokenizes old-style headers; zlib.error: a corrupt deflated member
 _ERRORS = (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile,
            UnicodeDecodeError, SyntaxError, TypeError, RuntimeError, IndexError, MemoryError,
-           RecursionError, tokenize.TokenError, zlib.error, LZMAError)
+           RecursionError, tokenize.TokenError, *ZIP_MEMBER_ERRORS)
 
 
 def _one_line(e: BaseException) -> str:
@@ -111,8 +106,6 @@ def _canonical(path, what: str, dtype) -> str:
 
 
 def _finish(arr, fortran: bool):
-    import numpy as np
-
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     return arr.copy(order="C") if fortran and not arr.flags.c_contiguous else arr

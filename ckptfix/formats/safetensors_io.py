@@ -20,6 +20,7 @@ from .. import dtypes
 from ..errors import InputError
 from ..tensors import TensorMeta
 from .base import Reader
+from .detect import SHARD_INDEX
 from .fileio import WriteBehind, copy_range, read_range
 
 MAX_HEADER = 100_000_000
@@ -152,7 +153,7 @@ class ShardedSafetensorsReader(Reader):
 
     def __init__(self, path: str | Path) -> None:
         p = Path(path)
-        index = p / "model.safetensors.index.json" if p.is_dir() else p
+        index = p / SHARD_INDEX if p.is_dir() else p
         super().__init__(index)
         try:
             doc = json.loads(index.read_text("utf-8"))

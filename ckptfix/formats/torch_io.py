@@ -20,7 +20,6 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 from .. import dtypes
 from ..errors import InputError, UnsafePickleError, UsageError, runs_code
@@ -292,6 +291,10 @@ class TorchReader(Reader):
         if legacy:
             self._check_legacy_storages()
         self.state_path = find_state_dict(self.container, state_key, self.path)
+        for name, t in get_path(self.container, self.state_path).items():  # before any second load
+            if t.layout is not torch.strided:
+                raise InputError(self.path, f"tensor {name!r} is {str(t.layout).removeprefix('torch.')}; "
+                                 "ckptfix handles dense (strided) tensors only")
         if not legacy and not self._check_storages():
             # A zip not laid out by torch's writer (re-packed by another tool): torch's computed
             # storage offsets match no record, so read it whole instead, as torch.load does.
@@ -300,9 +303,6 @@ class TorchReader(Reader):
         self.state = get_path(self.container, self.state_path)
         self._metas: dict[str, TensorMeta] = {}
         for name, t in self.state.items():
-            if t.layout is not _torch().strided:
-                raise InputError(self.path, f"tensor {name!r} is {str(t.layout).removeprefix('torch.')}; "
-                                 "ckptfix handles dense (strided) tensors only")
             try:
                 self._metas[name] = TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype))
             except KeyError:
@@ -390,8 +390,9 @@ class TorchReader(Reader):
         if byteorder not in (None, "little"):
             raise InputError(self.path, f"byte order {byteorder!r} is not supported")
         size = os.path.getsize(self.path)
+        strided = _torch().strided
         for name, t in self._walk_tensors(self.container):
-            if t.layout is not _torch().strided:
+            if t.layout is not strided:
                 return False  # sparse/quantized: no plain storage to check; read it whole
             st = t.untyped_storage()
             nbytes = st.nbytes()
@@ -436,13 +437,12 @@ class TorchReader(Reader):
         if t.numel() == 0:
             return torch.empty(t.shape, dtype=t.dtype)
         # read only the bytes this view spans, not its whole (possibly shared) storage
-        item = t.element_size()
         span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-        start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * item
-        buf = read_range(self.path, start, start + span * item)
-        info = self._records.get(start)
-        if info is not None and len(buf) == info.file_size and zlib.crc32(buf) != info.CRC:
-            raise InputError(self.path, f"storage record {info.filename} fails its CRC check (data corrupt)")
+        start = self._start(t)
+        buf = read_range(self.path, start, start + span * t.element_size())
+        crc = self.crc_of(start, start + len(buf))
+        if crc is not None and zlib.crc32(buf) != crc[0]:
+            raise InputError(self.path, crc[1])
         flat = torch.frombuffer(buf, dtype=t.dtype)
         out = flat.as_strided(t.shape, t.stride(), 0)
         return out if out.is_contiguous() and span == t.numel() else out.contiguous()
@@ -455,8 +455,13 @@ class TorchReader(Reader):
         t = self.state[name]
         if self.eager or t.device.type != "meta" or t.numel() == 0 or not t.is_contiguous():
             return None
-        start = t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
+        start = self._start(t)
         return self.path, start, start + t.numel() * t.element_size()
+
+    @staticmethod
+    def _start(t) -> int:
+        """File offset of a (meta) tensor's first element."""
+        return t.untyped_storage()._checkpoint_offset + t.storage_offset() * t.element_size()
 
     def crc_of(self, begin: int, end: int) -> tuple[int, str] | None:
         """The CRC-32 a copy of ``[begin, end)`` must have, if that range is a whole storage record

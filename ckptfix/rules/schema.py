@@ -101,7 +101,7 @@ class PadOp(_Model):
     classes: list[str] | None = Field(None, description=CLASSES_DOC)
     axis: int = 0
     size: int = Field(ge=0)
-    fill: Literal["zeros", "constant", "normal", "default", "mean", "repeat"] = "zeros"
+    fill: Literal[FILLS] = "zeros"  # the op's list: one place
     value: float | None = Field(None, description="fill: constant")
     std: float | None = Field(None, description="fill: normal (default 0.02)")
     seed: int = Field(0, description="fill: normal/default")
