@@ -40,43 +40,14 @@ class InputError(CkptfixError):
 
 
 class UnsafePickleError(InputError):
-    """A pickle needs globals that are not allow-listed; ``names`` lists them."""
-
-    # globals that can run code: never allowed, not even with --allow-global (torch itself only
-    # blocks os/posix/nt/sys; ckptfix refuses the rest in torch_io.resolve_global)
-    BLOCKED = ("os.", "posix.", "nt.", "subprocess.", "sys.", "builtins.eval", "builtins.exec", "runpy.",
-               "_posixsubprocess.", "webbrowser.", "importlib.", "pty.", "shutil.", "socket.", "ctypes.",
-               "_ctypes.", "pickle.", "_pickle.", "marshal.", "code.", "codeop.", "multiprocessing.",
-               "asyncio.", "signal.", "pydoc.", "torch.hub.", "torch.ops.", "torch.jit.")
+    """A pickle names globals that run code (``ckptfix.formats.pickles.runs_code``): an attack.
+    ``names`` lists them. No flag admits them."""
 
     def __init__(self, path: str | Path, names: list[str]) -> None:
         self.names = names
-        # a hostile file may name thousands: cap before combining (the lists are searched)
-        blocked = [n for n in names if runs_code(n)][:8]
-        shown = (blocked + [n for n in names[:16] if n not in blocked])[:8]
-        listed = (", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")) \
-            if names else "unknown"
-        super().__init__(
-            path,
-            f"refused to unpickle: needs non-allowlisted global(s) {listed}",
-            hint=f"{', '.join(blocked)} can run code and {'is' if len(blocked) == 1 else 'are'} never "
-            "allowed: do not use this file" if blocked
-            else "if you trust this file, pass --allow-global NAME for each",
-        )
-
-
-def runs_code(name: str, obj: object = None) -> bool:
-    """Whether the pickle global ``name`` (``module.qualname``; ``obj`` if imported) can run code:
-    a blocked module, or a builtin function (eval, exec, getattr, __import__, open, ...); builtin
-    classes (int, dict, slice, ...) are data."""
-    if name.startswith(UnsafePickleError.BLOCKED):
-        return True
-    if name.startswith("builtins."):
-        import builtins
-
-        obj = obj if obj is not None else getattr(builtins, name[len("builtins."):], None)
-        return not isinstance(obj, type)
-    return False
+        listed = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        super().__init__(path, f"refused to unpickle: it calls {listed}, which can run code",
+                         hint="no checkpoint needs that: do not use this file")
 
 
 class RulesError(CkptfixError):

@@ -331,7 +331,7 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
                                 f"dropped {', '.join(dropped)}")
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
-            save_pt(f, obj)
+            save_pt(f, obj, inert=isinstance(reader, TorchReader) and reader.has_inert)
         if prod.digests is not None:
             produced = {n: hashlib.sha256(tensor_bytes(t)).hexdigest() for n, t in state.items()}
             back = TorchReader(tmp, state_key=".".join(reader.state_path) if isinstance(reader, TorchReader)

@@ -332,7 +332,7 @@ HOSTILE: dict[str, Hostile] = {
     "raw-pickle-p5-getattr-chain": hostile(
         lambda d, s: pickle.dumps(with_payload(P("getattr-chain", d, s)), 5), ".pt", "getattr-chain", "pickle"),
     "raw-pickle-40-junk-globals": Hostile(lambda d, s: junk_globals_pickle(s), ".pt",
-                                          r"posix\.system.*\(41 in all\)", "pickle", "os.system"),
+                                          r"calls posix\.system, which can run code", "pickle", "os.system"),
     # zip tricks
     "zip-renamed-safetensors": hostile(lambda d, s: torch_zip(with_payload(P("os.system", d, s))),
                                        ".safetensors", "os.system"),

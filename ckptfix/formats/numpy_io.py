@@ -52,7 +52,7 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
         raise InputError(path, f"{what}: invalid .npy header ({_one_line(e)})") from None
     dtype = np.dtype(dtype)
     if dtype.hasobject:
-        from .torch_io import pickle_globals  # parses the pickle's opcodes; runs nothing
+        from .pickles import pickle_globals  # parses the pickle's opcodes; runs nothing
 
         try:
             names = pickle_globals(fp)

@@ -13,7 +13,6 @@ Each tensor is then read with one ``pread`` of its storage.
 
 from __future__ import annotations
 
-import importlib
 import re
 import struct
 import warnings
@@ -22,11 +21,13 @@ import zlib
 from pathlib import Path
 
 from .. import dtypes
-from ..errors import InputError, UnsafePickleError, UsageError, runs_code
+from ..errors import InputError, UnsafePickleError, UsageError
 from ..tensors import TensorMeta
+from . import pickles
 from .base import Reader
 from .fileio import read_range
 
+MAX_INERT_GLOBALS = 256  # distinct unknown globals one pickle may name (omegaconf configs need ~10)
 MIN_TORCH = (2, 10)  # earlier versions have known weights_only bypasses (CVE-2025-32434, CVE-2026-24747)
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
                    "weights", "params", "ema_state_dict")
@@ -43,35 +44,15 @@ def _torch():
 
 
 def resolve_global(name: str, path: Path | None = None):
-    """Import ``module.qualname`` named on the command line by ``--allow-global``.
-
-    Never one that can run code (``builtins.eval``, ``subprocess.Popen``, ...): torch blocks
-    only os/posix/nt/sys, and an allow-listed ``eval`` would run the file's payload. Checked on
-    the name and on what it resolves to (``torch.serialization.os.system`` is ``posix.system``).
-    The refusal names ``path``, the file being read, when given."""
-    def refuse():
-        msg = f"--allow-global {name} refused: it can run code, which no checkpoint needs"
-        hint = "a file that asks for it is an attack: do not use it"
-        return InputError(path, msg, hint=hint) if path else UsageError(msg, hint=hint)
-
-    if runs_code(name if "." in name else f"builtins.{name}"):
-        raise refuse()
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        try:
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        real = f"{getattr(obj, '__module__', None) or ''}.{getattr(obj, '__qualname__', '')}"
-        if runs_code(real, obj) or isinstance(obj, type(importlib)):
-            raise refuse()
-        return obj
-    raise UsageError(f"--allow-global {name}: cannot import it (give module.name, e.g. numpy.dtype)")
+    """The real object for ``--allow-global name``: only a vetted data constructor
+    (``pickles.VETTED``); any other name is refused, so no flag makes a file run code. The
+    refusal names ``path``, the file being read, when given."""
+    try:
+        return pickles.admit(name)
+    except ValueError as e:
+        msg = f"--allow-global {name} refused: {e}"
+        return_err = InputError(path, msg) if path else UsageError(msg)
+        raise return_err from None
 
 
 def is_state_dict(obj) -> bool:
@@ -135,75 +116,20 @@ def get_path(obj, keys: tuple[str, ...]):
     return obj
 
 
-_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-               "BINUNICODE8"}
-_NO_PUSH_OPS = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "STOP"}
-
-
-def _py3_global(module: str, name: str) -> str:
-    """``module.name`` as Python 3 unpicklers (and torch's) resolve it: protocols < 3 write
-    Python 2 names (``__builtin__.eval``, ``commands.Popen`` for ``subprocess.Popen``)."""
-    import _compat_pickle
-
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    elif module in _compat_pickle.IMPORT_MAPPING:
-        module = _compat_pickle.IMPORT_MAPPING[module]
-    return f"{module}.{name}"
-
-
-def pickle_globals(fp, max_pickles: int = 1) -> list[str]:
-    """The globals the pickle(s) read from ``fp`` name (``posix.system``), found by parsing
-    opcodes only: nothing is imported or run. Every protocol, ``GLOBAL``/``INST`` and
-    ``STACK_GLOBAL`` (whose strings are tracked through the memo). Up to ``max_pickles``
-    consecutive pickles (torch's legacy format is five); only complete ones count, so bytes that
-    merely parse for a while prove nothing."""
-    import pickletools
-
-    found: list[str] = []
-    for _ in range(max_pickles):
-        names: list[str] = []
-        pushed: list = []  # the values pushed so far, strings kept (enough for STACK_GLOBAL)
-        memo: dict = {}
-        try:
-            for op, arg, _pos in pickletools.genops(fp):
-                if op.name in ("GLOBAL", "INST"):
-                    names.append(_py3_global(*str(arg).split(" ", 1)))
-                elif op.name == "STACK_GLOBAL":
-                    mod, name = (pushed[-2:] if len(pushed) >= 2 else [None, None])
-                    names.append(_py3_global(mod, name) if isinstance(mod, str) and isinstance(name, str)
-                                 else "<computed global>")
-                if op.name in ("MEMOIZE",):
-                    memo[len(memo)] = pushed[-1] if pushed else None
-                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[arg] = pushed[-1] if pushed else None
-                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                    pushed.append(memo.get(arg))
-                elif op.name in _STRING_OPS:
-                    pushed.append(arg if isinstance(arg, str) else None)
-                elif op.name not in _NO_PUSH_OPS:
-                    pushed.append(None)
-                del pushed[:-2]
-        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: keep what was complete
-            break
-        found.extend(names)
-    # names come from the file: printable and short, so that an error stays one line
-    return list(dict.fromkeys(re.sub(r"[^\w.<>-]", "?", n)[:120] for n in found))
-
-
-def _unsafe_globals(path: Path, allowed: tuple[str, ...] = ()) -> list[str]:
-    """Globals of the checkpoint's pickle(s) that torch's weights_only unpickler does not allow."""
+def _unsafe_globals(path: Path) -> list[tuple[str, str]]:
+    """The globals of the checkpoint's pickle(s) that torch's weights_only unpickler does not
+    allow, found by parsing opcodes (nothing is run)."""
     try:
         from torch._weights_only_unpickler import _get_allowed_globals
 
-        safe = set(_get_allowed_globals()) | set(allowed)
+        safe = set(_get_allowed_globals())
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
                 pkls = [n for n in z.namelist() if n.endswith("data.pkl")]
                 names = []
                 for n in pkls[:1]:
                     with z.open(n) as fp:
-                        names = pickle_globals(fp)
+                        names = pickles.scan_globals(fp)
         else:
             from .detect import _looks_like_old_pickle
 
@@ -212,20 +138,31 @@ def _unsafe_globals(path: Path, allowed: tuple[str, ...] = ()) -> list[str]:
                 fp.seek(0)
                 # only a pickle (a broken zip's bytes could parse as one by chance)
                 ok = head[:1] == b"\x80" or _looks_like_old_pickle(head)
-                names = pickle_globals(fp, max_pickles=5) if ok else []
-    except Exception:  # noqa: BLE001 - only for the message
+                names = pickles.scan_globals(fp, max_pickles=5) if ok else []
+    except Exception:  # noqa: BLE001 - a hint only: the load loop finds the rest
         return []
-    return [n for n in names if n not in safe]
+    return [(m, n) for m, n in names if f"{m}.{n}" not in safe]
 
 
-def _describe_load_error(path: Path, e: Exception, allowed: tuple[str, ...] = ()) -> InputError:
+def _global_in_error(msg: str) -> str | None:
+    """The global torch's unpickler refused, from its message (it drops ``builtins.``)."""
+    m = re.search(r"GLOBAL ([^\s]+)", msg)
+    if not m:
+        return None
+    name = m.group(1)
+    return name if "." in name else f"builtins.{name}"
+
+
+def _describe_load_error(path: Path, e: Exception) -> InputError:
     msg = str(e)
-    # torch names builtins without their module ("GLOBAL eval"); put it back
-    names = [_py3_global(*n.rsplit(".", 1)) if "." in n else f"builtins.{n}"
-             for n in re.findall(r"GLOBAL ([\w.]+)", msg)]
-    unsafe = _unsafe_globals(path, allowed)
-    if names or unsafe or "Unsupported global" in msg or "blocked" in msg:
-        return UnsafePickleError(path, list(dict.fromkeys(unsafe + names)))
+    # whatever torch tripped on, a pickle naming a code-running global is an attack: say so
+    hostile = [f"{m}.{n}" for m, n in _unsafe_globals(path) if pickles.runs_code(f"{m}.{n}")]
+    if hostile:
+        return UnsafePickleError(path, [pickles.printable(n) for n in hostile])
+    if "Can only" in msg and ("inert" in msg.lower() or "Inert[" in msg):
+        m = re.search(r"Inert\[([^\]]+)\]", msg)
+        return InputError(path, f"a pickled {m.group(1) if m else 'object'} is built in a way ckptfix "
+                          "cannot keep as inert data (dict or list items on an unknown type)")
     if "encryption" in msg:
         m = re.search(r"for ([\w./-]+): unsupported encryption", msg)
         return InputError(path, f"zip entry {m.group(1) if m else ''} is encrypted (a PyTorch checkpoint "
@@ -282,7 +219,10 @@ class TorchReader(Reader):
         self.eager = legacy  # eager: tensors already hold their data (read whole by torch.load)
         if legacy:
             self.format = "pt-legacy"
-        self._allowed = [resolve_global(n, self.path) for n in allow_globals]
+        self._allowed = [(resolve_global(n, self.path), n if "." in n else f"builtins.{n}")
+                         for n in allow_globals]
+        self._allowed_names = {name for _obj, name in self._allowed}
+        self._inert: dict[str, type] = {}  # global name -> its placeholder class (pickles.Inert)
         self._records: dict[int, zipfile.ZipInfo] = {}
         if not legacy:
             self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
@@ -309,26 +249,51 @@ class TorchReader(Reader):
                 raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
 
     def _load(self, map_location: str):
+        """``torch.load(weights_only=True)``, with every global torch does not allow registered
+        as an inert placeholder (``pickles.Inert``): found by scanning the pickle's opcodes and,
+        for what a scan cannot see, from torch's own refusals, one load at a time."""
         torch = _torch()
-        try:
-            with torch.serialization.safe_globals(self._allowed), warnings.catch_warnings():
-                # torch warns (on stderr) about odd pickle protocols in broken files; we report errors ourselves
-                warnings.simplefilter("ignore")
-                # a file object, not the path: torch.load dispatches on the file name (.safetensors),
-                # and the format was already decided from the bytes
-                with open(self.path, "rb") as f:
-                    return torch.load(f, weights_only=True, map_location=map_location)
-        except InputError:
-            raise
-        except KeyboardInterrupt:
-            raise
-        except MemoryError:  # e.g. a string length of 2**32 in a 1 KB pickle (found by fuzzing)
-            raise InputError(self.path, "torch ran out of memory loading it: a corrupt length or "
-                             "size field, or a checkpoint larger than this machine's memory") from None
-        except Exception as e:  # torch raises a zoo of types on bad files (see notes)
-            allowed = tuple(f"{getattr(o, '__module__', '')}.{getattr(o, '__qualname__', '')}"
-                            for o in self._allowed)
-            raise _describe_load_error(self.path, e, allowed) from None
+        scanned = False
+        while True:
+            try:
+                with torch.serialization.safe_globals(self._allowed + self._inert_entries()), \
+                        warnings.catch_warnings():
+                    # torch warns (on stderr) about odd pickle protocols in broken files; we report errors ourselves
+                    warnings.simplefilter("ignore")
+                    # a file object, not the path: torch.load dispatches on the file name (.safetensors),
+                    # and the format was already decided from the bytes
+                    with open(self.path, "rb") as f:
+                        return torch.load(f, weights_only=True, map_location=map_location)
+            except InputError:
+                raise
+            except KeyboardInterrupt:
+                raise
+            except MemoryError:  # e.g. a string length of 2**32 in a 1 KB pickle (found by fuzzing)
+                raise InputError(self.path, "torch ran out of memory loading it: a corrupt length or "
+                                 "size field, or a checkpoint larger than this machine's memory") from None
+            except Exception as e:  # torch raises a zoo of types on bad files (see notes)
+                name = _global_in_error(str(e)) if "GLOBAL" in str(e) else None
+                if name is None or name in self._inert or name in self._allowed_names:
+                    raise _describe_load_error(self.path, e) from None
+                found = [] if scanned else _unsafe_globals(self.path)
+                scanned = True
+                self._add_inert(found + [pickles.split_global(name)])
+
+    def _inert_entries(self) -> list:
+        return [(cls, name) for name, cls in self._inert.items()]
+
+    def _add_inert(self, names: list[tuple[str, str]]) -> None:
+        """Placeholders for these globals; a file naming one that runs code is refused."""
+        full = {f"{m}.{n}": (m, n) for m, n in names if n != "<computed global>"}
+        hostile = [pickles.printable(n) for n in full if pickles.runs_code(n)]
+        if hostile:
+            raise UnsafePickleError(self.path, hostile)
+        for name, (m, n) in full.items():
+            if name not in self._allowed_names and name not in self._inert:
+                if len(self._inert) >= MAX_INERT_GLOBALS:
+                    raise InputError(self.path, f"its pickle names over {MAX_INERT_GLOBALS} distinct "
+                                     "globals: not a checkpoint ckptfix reads")
+                self._inert[name] = pickles.inert_class(m, n)
 
     def _check_legacy_storages(self) -> None:
         """torch's legacy loader fills only the storages its key list names; one the pickle uses
@@ -412,17 +377,11 @@ class TorchReader(Reader):
         return True
 
     @staticmethod
-    def _walk_tensors(obj, prefix: str = ""):
+    def _walk_tensors(obj):
+        """``(path, tensor)`` for every tensor in a loaded container, each once."""
         import torch
 
-        if isinstance(obj, torch.Tensor):
-            yield prefix or "<root>", obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                yield from TorchReader._walk_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                yield from TorchReader._walk_tensors(v, f"{prefix}[{i}]")
+        return ((path, node) for path, node in pickles.walk(obj) if isinstance(node, torch.Tensor))
 
     def metas(self) -> dict[str, TensorMeta]:
         return dict(self._metas)
@@ -475,24 +434,28 @@ class TorchReader(Reader):
         """A copy of ``obj`` with every meta tensor replaced by its data (for the extras)."""
         import torch
 
-        if isinstance(obj, torch.Tensor):
-            return self.materialize(obj)
-        if isinstance(obj, dict):
-            out = type(obj)() if type(obj) is not dict else {}
-            for k, v in obj.items():
-                out[k] = self.materialize_all(v)
-            return out
-        if isinstance(obj, list):
-            return [self.materialize_all(v) for v in obj]
-        if isinstance(obj, tuple):
-            return tuple(self.materialize_all(v) for v in obj)
-        return obj
+        return pickles.transform(obj, lambda v: self.materialize(v) if isinstance(v, torch.Tensor) else v)
 
     def extras(self):
+        out = {}
         if self.state_path:
             others = [k for k in self.container if k != self.state_path[0]]
-            return {"state_key": ".".join(self.state_path), "container_keys": others}
-        return {}
+            out = {"state_key": ".".join(self.state_path), "container_keys": others}
+        if self._inert:
+            out["inert_globals"] = sorted(pickles.printable(n) for n in self._inert)
+        return out
+
+    @property
+    def has_inert(self) -> bool:
+        """Whether the container holds objects kept as inert data (see ``pickles``)."""
+        return bool(self._inert)
+
+    def warnings(self) -> list[str]:
+        if not self._inert:
+            return []
+        names = sorted(pickles.printable(n) for n in self._inert)
+        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+        return [f"kept {len(names)} pickled type(s) as inert data, never imported or run: {shown}"]
 
 
 OPTIMIZER_KEY = re.compile(r"optim|lr_scheduler", re.I)
@@ -517,12 +480,17 @@ class _WriteErrors:
         return self.f.flush()
 
 
-def save_pt(f, obj) -> None:
+def save_pt(f, obj, *, inert: bool = False) -> None:
+    """``torch.save``; with ``inert``, placeholders (``pickles.Inert``) are written back as the
+    globals they stand for, with the arguments and state they were read with."""
     import torch
 
     w = _WriteErrors(f)
     try:
-        torch.save(obj, w)
+        if inert:
+            torch.save(obj, w, pickle_module=pickles.INERT_PICKLE)
+        else:
+            torch.save(obj, w)
     except RuntimeError:
         if w.error is not None:
             raise w.error from None

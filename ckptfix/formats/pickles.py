@@ -1,0 +1,350 @@
+"""What a pickle may make: the one place that decides.
+
+A PyTorch checkpoint is a pickle, and a pickle is a program: ``GLOBAL`` names any importable
+callable and ``REDUCE`` calls it. ckptfix reads pickles with torch's ``weights_only`` unpickler,
+which builds tensors, plain containers and a fixed set of torch types. Every *other* global a
+pickle names is handled here, by construction rather than by a block-list:
+
+- It is **never imported and never called.** It becomes an :class:`Inert` placeholder: a class
+  that records the global's name, and instances that record what the pickle gave them (the
+  arguments of ``REDUCE``/``NEWOBJ``, the ``BUILD`` state, ``SETITEMS`` items). A Lightning
+  ``hyper_parameters`` holding an omegaconf config, an ``argparse.Namespace`` or a numpy scalar
+  survives as data, is shown by ``inspect``, and is written back into a ``.pt`` output as the
+  same pickle opcodes (:func:`save_with_inert`), so the output still loads where the input did.
+- A file naming a global that is a known way to run code (``os.system``, ``builtins.eval``,
+  ``subprocess.*``, ``timeit.timeit`` ...: :func:`runs_code`) is refused as hostile, exit 2. That
+  list only decides *how loudly* ckptfix refuses: a name it misses is still inert.
+- ``--allow-global NAME`` admits the *real* object only for the vetted data constructors in
+  :data:`VETTED` (``argparse.Namespace``, ``datetime.datetime``, numpy arrays and scalars, ...):
+  classes whose construction from pickled arguments runs no user code and touches no file.
+  Any other name is refused (:func:`admit`), so no flag can make a file execute code, import a
+  module, or read or write a file.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+import re
+import types
+from typing import Callable, Iterable
+
+# --------------------------------------------------------------------------------------------
+# the names
+
+
+#: Globals a hostile pickle uses to run code or touch files (module prefixes end in "."). A
+#: file naming one is refused outright. Not the security boundary (unknown names are inert).
+CODE_RUNNING = (
+    "os.", "posix.", "nt.", "sys.", "subprocess.", "_posixsubprocess.", "runpy.", "importlib.",
+    "builtins.eval", "builtins.exec", "builtins.compile", "builtins.open", "builtins.__import__",
+    "builtins.getattr", "builtins.setattr", "builtins.delattr", "builtins.globals", "builtins.vars",
+    "builtins.breakpoint", "builtins.input", "builtins.help", "builtins.exit", "builtins.quit",
+    "pty.", "shutil.", "socket.", "ctypes.", "_ctypes.", "pickle.", "_pickle.", "marshal.", "code.",
+    "codeop.", "multiprocessing.", "asyncio.", "signal.", "pydoc.", "webbrowser.", "timeit.",
+    "cProfile.", "profile.", "pdb.", "bdb.", "trace.", "logging.config.", "io.", "_io.", "codecs.",
+    "tempfile.", "glob.", "pathlib.Path.", "pathlib.PosixPath.", "zipfile.",
+    "tarfile.", "urllib.", "http.", "ftplib.", "smtplib.", "telnetlib.", "xmlrpc.", "sqlite3.",
+    "dbm.", "shelve.", "fileinput.", "linecache.", "imp.", "zipimport.", "functools.", "operator.",
+    "inspect.", "types.CodeType", "types.FunctionType", "types.LambdaType", "types.MethodType",
+    "types.ModuleType", "numpy.load", "numpy.save", "numpy.fromfile",
+    "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap", "numpy.lib.", "numpy.testing.",
+    "numpy.f2py.", "numpy.distutils.", "numpy.ctypeslib.", "torch.load", "torch.save", "torch.hub.",
+    "torch.ops.", "torch.jit.", "torch.fx.", "torch.package.", "torch.utils.cpp_extension.",
+    "torch.serialization.", "torch._dynamo.", "torch._inductor.", "torch.compile", "torch.from_file",
+    "torch.classes.",
+)
+
+#: The data constructors ``--allow-global`` can admit as the real object. Each builds a value from
+#: the pickled arguments (strings, numbers, bytes, tuples) and nothing else.
+VETTED = frozenset({
+    "argparse.Namespace", "types.SimpleNamespace", "collections.OrderedDict", "collections.Counter",
+    "collections.deque", "builtins.set", "builtins.frozenset", "builtins.complex", "builtins.slice",
+    "builtins.range", "builtins.bytearray", "datetime.datetime", "datetime.date", "datetime.time",
+    "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
+    "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "pathlib.PosixPath",
+    "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
+    "numpy._core.multiarray.scalar",
+})
+_VETTED_DTYPE = re.compile(r"numpy\.dtypes\.\w+DType")  # numpy 2 pickles dtypes by their class
+
+
+def runs_code(name: str) -> bool:
+    """Whether the pickle global ``name`` (``module.qualname``) is a known way to run code: a
+    name in :data:`CODE_RUNNING`, or any builtin function (builtin classes, ``int``, ``slice``,
+    are data)."""
+    if name.startswith(CODE_RUNNING) or name in CODE_RUNNING:
+        return True
+    if name.startswith("builtins."):
+        import builtins
+
+        return not isinstance(getattr(builtins, name[len("builtins."):], None), type)
+    return False
+
+
+def vetted(name: str) -> bool:
+    return name in VETTED or bool(_VETTED_DTYPE.fullmatch(name))
+
+
+def admit(name: str) -> object:
+    """The real object for ``--allow-global name``; ValueError (with the reason) for any name
+    that is not a vetted data constructor. Imports only the vetted (stdlib or numpy) module."""
+    import importlib
+
+    full = name if "." in name else f"builtins.{name}"
+    if runs_code(full):
+        raise ValueError("it can run code, which no checkpoint needs")
+    if not vetted(full):
+        raise ValueError("only vetted data types can be admitted (e.g. argparse.Namespace, "
+                         "datetime.datetime, numpy.dtype); ckptfix reads any other global as "
+                         "inert data without running it, so no flag is needed")
+    module, _, attr = full.rpartition(".")
+    for i in range(module.count(".") + 1, 0, -1):  # numpy.core.multiarray._reconstruct
+        head = ".".join(full.split(".")[:i])
+        try:
+            obj = importlib.import_module(head)
+        except ImportError:
+            continue
+        try:
+            for part in full.split(".")[i:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            break
+        return obj
+    raise ValueError("cannot import it here")
+
+
+# --------------------------------------------------------------------------------------------
+# the placeholders
+
+
+class Inert:
+    """A pickled object that was not built: the global it names and what the pickle gave it.
+
+    Subclasses are made per global name (:func:`inert_class`); ``type(obj).global_name`` is
+    ``module.qualname``. ``args`` are the ``REDUCE`` (``how == "call"``) or ``NEWOBJ``
+    (``how == "new"``) arguments, ``state`` the ``BUILD`` state (``None`` if none), ``items``
+    the ``SETITEMS`` pairs. Nothing in here is ever called.
+    """
+
+    module: str = ""
+    qualname: str = ""
+    global_name: str = ""
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        object.__setattr__(self, "_inert", {"how": "new", "args": args, "kwargs": kwargs,
+                                            "state": None, "items": []})
+        return self
+
+    def __init__(self, *args, **kwargs) -> None:  # only REDUCE calls the class
+        self._inert.update(how="call", args=args, kwargs=kwargs)
+
+    def __setstate__(self, state) -> None:
+        self._inert["state"] = state
+
+    def __setitem__(self, key, value) -> None:  # SETITEM(S) on a dict subclass
+        self._inert["items"].append((key, value))
+
+    @property
+    def args(self) -> tuple:
+        return self._inert["args"]
+
+    @property
+    def state(self):
+        return self._inert["state"]
+
+    @property
+    def items(self) -> list:
+        return self._inert["items"]
+
+    def __repr__(self) -> str:
+        d = self._inert
+        inner = ", ".join([repr(a) for a in d["args"]] + ([f"state={d['state']!r}"] if d["state"] is not None else []))
+        return f"<inert {self.global_name}({inner[:200]})>"
+
+    def __reduce_ex__(self, protocol):
+        d = self._inert
+        items = iter(d["items"]) if d["items"] else None
+        if d["how"] == "call":
+            return (type(self), d["args"], d["state"], None, items)
+        return (copyreg.__newobj__, (type(self), *d["args"]), d["state"], None, items)
+
+    def children(self) -> Iterable:
+        d = self._inert
+        yield from d["args"]
+        if d["state"] is not None:
+            yield d["state"]
+        for _k, v in d["items"]:
+            yield v
+
+
+def walk(obj) -> Iterable[tuple[str, object]]:
+    """Every node of a loaded pickle (dicts, lists, tuples, placeholders and what they hold) with
+    its path, each once: pickles can share and even cycle (omegaconf nodes point at their
+    parents). Iterative, so nesting depth costs no stack."""
+    seen: set[int] = set()
+    stack: list[tuple[str, object]] = [("", obj)]
+    while stack:
+        path, node = stack.pop()
+        if id(node) in seen:
+            continue
+        if isinstance(node, (dict, list, tuple, Inert)):
+            seen.add(id(node))
+        yield path or "<root>", node
+        if isinstance(node, dict):
+            kids = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)):
+            kids = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+        elif isinstance(node, Inert):
+            kids = [(f"{path}<{type(node).global_name}>[{i}]", v) for i, v in enumerate(node.children())]
+        else:
+            continue
+        stack.extend(reversed(kids))
+
+
+def transform(obj, leaf: Callable, memo: dict | None = None):
+    """A copy of ``obj``'s containers (dict and its subclasses, list, tuple, placeholders) with
+    ``leaf(x)`` for every other value; shared and cyclic references stay shared and cyclic."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        out = type(obj)() if type(obj) is not dict else {}
+        memo[id(obj)] = out
+        for k, v in obj.items():
+            out[k] = transform(v, leaf, memo)
+        return out
+    if isinstance(obj, list):
+        out = []
+        memo[id(obj)] = out
+        out.extend(transform(v, leaf, memo) for v in obj)
+        return out
+    if isinstance(obj, tuple):
+        out = tuple(transform(v, leaf, memo) for v in obj)
+        memo[id(obj)] = out
+        return out
+    if isinstance(obj, Inert):
+        new = object.__new__(type(obj))
+        memo[id(obj)] = new
+        d = obj._inert
+        object.__setattr__(new, "_inert", {"how": d["how"], "kwargs": d["kwargs"],
+                                           "args": transform(d["args"], leaf, memo),
+                                           "state": transform(d["state"], leaf, memo),
+                                           "items": [(k, transform(v, leaf, memo)) for k, v in d["items"]]})
+        return new
+    return leaf(obj)
+
+
+def inert_class(module: str, qualname: str) -> type:
+    """A fresh placeholder class for the global ``module.qualname``."""
+    full = f"{module}.{qualname}"
+    return type(f"Inert[{full}]", (Inert,), {"module": module, "qualname": qualname, "global_name": full,
+                                            "__module__": __name__})
+
+
+def split_global(full: str) -> tuple[str, str]:
+    """``'a.b.C'`` -> ``('a.b', 'C')`` for a name known only as one string."""
+    module, _, name = full.rpartition(".")
+    return module or "builtins", name
+
+
+def contains_inert(obj) -> bool:
+    return any(isinstance(n, Inert) or (isinstance(n, type) and issubclass(n, Inert)) for _p, n in walk(obj))
+
+
+# --------------------------------------------------------------------------------------------
+# writing placeholders back
+
+
+class _InertPickler(pickle._Pickler):  # the pure-Python pickler: save_global can be overridden
+    def save_global(self, obj, name=None):
+        if isinstance(obj, type) and issubclass(obj, Inert) and obj is not Inert:
+            if self.proto >= 4:
+                self.save(obj.module)
+                self.save(obj.qualname)
+                self.write(pickle.STACK_GLOBAL)
+            else:
+                self.write(pickle.GLOBAL + obj.module.encode("utf-8") + b"\n"
+                           + obj.qualname.encode("utf-8") + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+#: A ``pickle_module`` for ``torch.save`` that writes placeholders as the globals they stand for.
+INERT_PICKLE = types.ModuleType("ckptfix_inert_pickle")
+INERT_PICKLE.Pickler = _InertPickler
+INERT_PICKLE.dump = pickle.dump
+INERT_PICKLE.__version__ = "1"
+
+
+# --------------------------------------------------------------------------------------------
+# reading a pickle's globals without running it
+
+
+_STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+               "BINUNICODE8"}
+_NO_PUSH_OPS = {"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "STOP"}
+
+
+def py3_global(module: str, name: str) -> tuple[str, str]:
+    """``(module, name)`` as Python 3 unpicklers (and torch's) resolve it: protocols < 3 write
+    Python 2 names (``__builtin__.eval``, ``commands.Popen`` for ``subprocess.Popen``)."""
+    import _compat_pickle
+
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return module, name
+
+
+def scan_globals(fp, max_pickles: int = 1) -> list[tuple[str, str]]:
+    """The globals the pickle(s) read from ``fp`` name, as ``(module, name)``, found by parsing
+    opcodes only: nothing is imported or run. Every protocol, ``GLOBAL``/``INST`` and
+    ``STACK_GLOBAL`` (whose strings are tracked through the memo; ``('', '<computed global>')``
+    where they cannot be). Up to ``max_pickles`` consecutive pickles (torch's legacy format is
+    five); only complete ones count, so bytes that merely parse for a while prove nothing."""
+    import pickletools
+
+    found: list[tuple[str, str]] = []
+    for _ in range(max_pickles):
+        names: list[tuple[str, str]] = []
+        pushed: list = []  # the values pushed so far, strings kept (enough for STACK_GLOBAL)
+        memo: dict = {}
+        try:
+            for op, arg, _pos in pickletools.genops(fp):
+                if op.name in ("GLOBAL", "INST"):
+                    mod, _, nm = str(arg).partition(" ")
+                    names.append(py3_global(mod, nm))
+                elif op.name == "STACK_GLOBAL":
+                    mod, nm = (pushed[-2:] if len(pushed) >= 2 else [None, None])
+                    names.append(py3_global(mod, nm) if isinstance(mod, str) and isinstance(nm, str)
+                                 else ("", "<computed global>"))
+                if op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif op.name in _STRING_OPS:
+                    pushed.append(arg if isinstance(arg, str) else None)
+                elif op.name not in _NO_PUSH_OPS:
+                    pushed.append(None)
+                del pushed[:-2]
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: keep what was complete
+            break
+        found.extend(names)
+    return list(dict.fromkeys(found))
+
+
+def printable(name: str) -> str:
+    """A name from a file, safe to print in a one-line error (printable and short)."""
+    return re.sub(r"[^\w.<>-]", "?", name)[:120]
+
+
+def pickle_globals(fp, max_pickles: int = 1) -> list[str]:
+    """:func:`scan_globals` as printable ``module.name`` strings."""
+    return list(dict.fromkeys(printable(f"{m}.{n}" if m else n) for m, n in scan_globals(fp, max_pickles)))
