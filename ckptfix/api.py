@@ -25,8 +25,15 @@ from .rules import RulesFile, load_rules
 class Options:
     state_key: str | None = None
     allow_globals: tuple[str, ...] = ()
+    #: read HDF5-backed inputs in a child process first, with a deadline (``ckptfix.isolate``);
+    #: the CLI's single-file commands set it, batch workers are isolated already
+    isolate: bool = False
 
     def open(self, path):
+        if self.isolate:
+            from .isolate import preflight
+
+            preflight(path)
         return open_checkpoint(path, state_key=self.state_key, allow_globals=self.allow_globals)
 
 

@@ -60,7 +60,7 @@ def _emit_json(obj) -> None:
 def _opts(state_key, allow_global):
     from .api import Options
 
-    return Options(state_key=state_key, allow_globals=tuple(allow_global or ()))
+    return Options(state_key=state_key, allow_globals=tuple(allow_global or ()), isolate=True)
 
 
 def _kwargs(text: Optional[str]) -> Optional[dict]:
@@ -94,7 +94,7 @@ def parse_size(text: Optional[str], option: str = "--shard-size") -> Optional[in
 
 
 StateKey = typer.Option(None, "--state-key", help="Where the state dict sits in a container (e.g. state_dict).")
-AllowGlobal = typer.Option(None, "--allow-global", help="Admit one more pickle global (module.name); only if you trust the file.")
+AllowGlobal = typer.Option(None, "--allow-global", help="Build a vetted data type (argparse.Namespace, datetime.datetime, numpy.dtype, ...) as the real object; other pickle globals are kept as inert data, never run.")
 TargetKw = typer.Option(None, "--target-kwargs", help="Keyword arguments for a model-factory target, as YAML: '{num_classes: 15}'.")
 Json = typer.Option(False, "--json", help="Machine-readable output (see README).")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar and no report; errors and warnings only.")

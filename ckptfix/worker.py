@@ -113,6 +113,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and kills us
     from .batch import Settings
 
+    os.environ["CKPTFIX_ISOLATED"] = "1"  # this process is the isolation: no nested reader children
     first = json.loads(sys.stdin.readline())
     settings = Settings(**first["settings"])
     _limit_memory(settings.max_memory)

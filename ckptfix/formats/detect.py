@@ -166,6 +166,10 @@ def _classify_zip(p: Path) -> str:
                      f"(entries: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
 
 
+# formats read by a C library (libhdf5) that can crash or hang on a crafted file: the single-file
+# commands read them in a child process first (ckptfix.isolate)
+C_LIBRARY_FORMATS = frozenset({"keras-h5", "keras-archive", "keras-sharded"})
+
 # format -> (module in ckptfix.formats, reader class); imported only when that format is read
 READERS = {
     "safetensors": ("safetensors_io", "SafetensorsReader"),
