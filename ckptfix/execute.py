@@ -329,9 +329,13 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
             if dropped:
                 warnings.append(f"tensor shapes changed, so the optimizer state no longer matches: "
                                 f"dropped {', '.join(dropped)}")
+    inert = isinstance(reader, TorchReader) and reader.has_inert
+    if inert:
+        warnings.append("the output keeps the input's inert objects as the same pickled globals: "
+                        "loading it with weights_only=False builds them, as loading the input would")
     with atomic_file(out) as tmp:
         with open(tmp, "wb") as f:
-            save_pt(f, obj, inert=isinstance(reader, TorchReader) and reader.has_inert)
+            save_pt(f, obj, inert=inert)
         if prod.digests is not None:
             produced = {n: hashlib.sha256(tensor_bytes(t)).hexdigest() for n, t in state.items()}
             back = TorchReader(tmp, state_key=".".join(reader.state_path) if isinstance(reader, TorchReader)

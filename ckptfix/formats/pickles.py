@@ -261,6 +261,8 @@ def contains_inert(obj) -> bool:
 class _InertPickler(pickle._Pickler):  # the pure-Python pickler: save_global can be overridden
     def save_global(self, obj, name=None):
         if isinstance(obj, type) and issubclass(obj, Inert) and obj is not Inert:
+            if "\n" in obj.module or "\n" in obj.qualname:  # cannot come from GLOBAL; never inject opcodes
+                raise pickle.PicklingError(f"bad global name {obj.global_name!r}")
             if self.proto >= 4:
                 self.save(obj.module)
                 self.save(obj.qualname)
