@@ -259,8 +259,10 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
     try:
         written = _write(fmt, plan, reader, prod, out, force, shard_size)
     except CkptfixError:
+        reader.fileset.check_unchanged()  # a change mid-run is the cause of what it broke (a CRC ...)
         raise
     except OSError as e:
+        reader.fileset.check_unchanged()
         raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
         sys.setswitchinterval(interval)
