@@ -69,6 +69,11 @@ class Handle:
             fd = os.dup(self.fd)
         return os.fdopen(fd, "rb")
 
+    def read_all(self) -> bytes:
+        """The whole file (for small metadata files: an index, a state file)."""
+        with self.file() as f:
+            return f.read()
+
     def same_file(self, fd: int) -> bool:
         """Whether another descriptor (e.g. one h5py opened by name) is this very file."""
         st = os.fstat(fd)

@@ -36,7 +36,6 @@ from ..errors import InputError
 from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
-from .fileio import read_range
 from .fileset import FileSet
 
 # ------------------------------------------------------------------------------ class tables
@@ -767,7 +766,7 @@ class KerasShardedReader(KerasH5Reader):
         self._extra_close = []
         try:
             h = fileset.open(p)
-            text = read_range(h, 0, h.size).decode("utf-8")
+            text = h.read_all().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(p, f"cannot read ({_one_line(e)})") from None
         try:

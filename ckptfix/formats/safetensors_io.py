@@ -158,7 +158,7 @@ class ShardedSafetensorsReader(Reader):
         super().__init__(index, fileset)
         try:
             h = self.fileset.open(index)
-            doc = json.loads(read_range(h, 0, h.size).decode("utf-8"))
+            doc = json.loads(h.read_all().decode("utf-8"))
             weight_map = doc["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError

@@ -371,7 +371,7 @@ def resolve_prefix(path: str | Path, fileset=None) -> Path:
         if ckpt.is_file():
             try:
                 if fileset is not None:
-                    text = read_range(h := fileset.open(ckpt), 0, h.size).decode("utf-8", "replace")
+                    text = fileset.open(ckpt).read_all().decode("utf-8", "replace")
                 else:
                     text = ckpt.read_text("utf-8", "replace")
             except OSError as e:
@@ -424,7 +424,7 @@ class TFCheckpointReader(NumpyReader):
             raise InputError(self.index_path, "no such file (TF checkpoint index)")
         try:
             h = self.fileset.open(self.index_path)
-            data = bytes(read_range(h, 0, h.size))
+            data = h.read_all()
         except OSError as e:
             raise InputError(self.index_path, f"cannot read: {e.strerror or e}") from None
         try:
