@@ -25,6 +25,8 @@ from .rules import RulesFile, load_rules
 class Options:
     state_key: str | None = None
     allow_globals: tuple[str, ...] = ()
+    #: read checkpoint files that resolve outside the checkpoint's directory (default: refuse)
+    allow_outside_files: bool = False
     #: read HDF5-backed inputs in a child process first, with a deadline (``ckptfix.isolate``);
     #: the CLI's single-file commands set it, batch workers are isolated already
     isolate: bool = False
@@ -33,8 +35,9 @@ class Options:
         if self.isolate:
             from .isolate import preflight
 
-            preflight(path)
-        return open_checkpoint(path, state_key=self.state_key, allow_globals=self.allow_globals)
+            preflight(path, allow_outside=self.allow_outside_files)
+        return open_checkpoint(path, state_key=self.state_key, allow_globals=self.allow_globals,
+                               allow_outside=self.allow_outside_files)
 
 
 def inspect(path: str | Path, opts: Options | None = None) -> dict:
@@ -148,10 +151,10 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
         rf = rules if isinstance(rules, RulesFile) else compose_rules(rules)
         if out is None and not dry_run:
             raise CkptfixError("no output path (give -o OUT, or --dry-run)")
-        if out is not None and not dry_run:
-            check_output([Path(path)], Path(out), force)
         plan, reader = plan_file(path, rf, target, target_kwargs=target_kwargs, opts=opts)
         with reader:
+            if out is not None and not dry_run:
+                check_output([Path(path)], Path(out), force, reader)
             res.plan, res.steps, res.fit = plan, plan.steps, plan.fit
             res.params = count_params(plan.metas, plan.target)
             res.target_params = plan.target.params if plan.target else None

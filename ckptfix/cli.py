@@ -57,10 +57,11 @@ def _emit_json(obj) -> None:
     print(json.dumps(obj, default=str))
 
 
-def _opts(state_key, allow_global):
+def _opts(state_key, allow_global, allow_outside: bool = False):
     from .api import Options
 
-    return Options(state_key=state_key, allow_globals=tuple(allow_global or ()), isolate=True)
+    return Options(state_key=state_key, allow_globals=tuple(allow_global or ()), allow_outside_files=allow_outside,
+                   isolate=True)
 
 
 def _kwargs(text: Optional[str]) -> Optional[dict]:
@@ -95,6 +96,7 @@ def parse_size(text: Optional[str], option: str = "--shard-size") -> Optional[in
 
 StateKey = typer.Option(None, "--state-key", help="Where the state dict sits in a container (e.g. state_dict).")
 AllowGlobal = typer.Option(None, "--allow-global", help="Build a vetted data type (argparse.Namespace, datetime.datetime, numpy.dtype, ...) as the real object; other pickle globals are kept as inert data, never run.")
+AllowOutside = typer.Option(False, "--allow-outside-files", help="Read checkpoint files (shards, TF data) that resolve outside the checkpoint's directory; refused by default.")
 TargetKw = typer.Option(None, "--target-kwargs", help="Keyword arguments for a model-factory target, as YAML: '{num_classes: 15}'.")
 Json = typer.Option(False, "--json", help="Machine-readable output (see README).")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar and no report; errors and warnings only.")
@@ -117,14 +119,14 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 @app.command()
 def inspect(ckpt: str, as_json: bool = Json, state_key: Optional[str] = StateKey,
-            allow_global: Optional[List[str]] = AllowGlobal) -> None:
+            allow_global: Optional[List[str]] = AllowGlobal, allow_outside: bool = AllowOutside) -> None:
     """List tensors, read layers from their shapes (Conv2d(in=3, out=10, kernel=5x5)), count params."""
 
     def go():
         from . import api
         from .render import inspect_text
 
-        info = api.inspect(ckpt, _opts(state_key, allow_global))
+        info = api.inspect(ckpt, _opts(state_key, allow_global, allow_outside))
         if as_json:
             _emit_json(info)
         else:
@@ -135,14 +137,15 @@ def inspect(ckpt: str, as_json: bool = Json, state_key: Optional[str] = StateKey
 @app.command()
 def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Checkpoint, module:callable, file.py:callable, layer spec."),
          target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
-         state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+         state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal,
+         allow_outside: bool = AllowOutside) -> None:
     """Say what does not fit the target, and why, in layer terms. Exit 0 if it fits, 1 if not."""
 
     def go():
         from . import api
         from .render import fit_text
 
-        opts = _opts(state_key, allow_global)
+        opts = _opts(state_key, allow_global, allow_outside)
         tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
         fit = api.diff(ckpt, tgt, opts=opts)
         if as_json:
@@ -170,7 +173,8 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the rules file here (default: print it)."),
             force: bool = typer.Option(False, "--force", help="Replace an existing rules file."),
             target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
-            state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+            state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal,
+            allow_outside: bool = AllowOutside) -> None:
     """Write a commented rules file that makes CKPT fit the target, proven by a dry-run plan. Exit 1 if it cannot."""
 
     def go():
@@ -179,7 +183,7 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
         from .render import fit_text, steps_text
         from .suggest import suggest as run_suggest
 
-        opts = _opts(state_key, allow_global)
+        opts = _opts(state_key, allow_global, allow_outside)
         tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
         if out is not None and Path(out).exists() and not force:
             raise UsageError(f"{out}: already exists (use --force to replace it)")
@@ -281,7 +285,7 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
           max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report,
           quiet: bool = Quiet,
           as_json: bool = Json, state_key: Optional[str] = StateKey,
-          allow_global: Optional[List[str]] = AllowGlobal) -> None:
+          allow_global: Optional[List[str]] = AllowGlobal, allow_outside: bool = AllowOutside) -> None:
     """Apply rules, validating shapes and parameter counts after every step, then write atomically."""
 
     def go():
@@ -298,10 +302,13 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
             raise UsageError(f"--out-dir {out_dir}: exists and is not a directory")
         size = parse_size(shard_size, "--shard-size")
         composed = api.compose_rules(rules or [])
-        opts = _opts(state_key, allow_global)
+        opts = _opts(state_key, allow_global, allow_outside)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
         if odir is not None or jobs is not None or report is not None or recursive:
             from .batch import Settings
+
+            if allow_outside:
+                raise UsageError("--allow-outside-files is for single-file runs (not batch mode)")
 
             settings = Settings(command="apply", rules=list(rules or []), target=target,
                                 target_kwargs=_kwargs(target_kwargs), fmt=fmt, shard_size=size,
@@ -388,19 +395,23 @@ def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check, o
           target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
           recursive: bool = Recursive, jobs: Optional[int] = Jobs, timeout: Optional[float] = Timeout,
           max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report, quiet: bool = Quiet,
-          state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal) -> None:
+          state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal,
+          allow_outside: bool = AllowOutside) -> None:
     """Exit 0 when every checkpoint fits the target (after the rules, if given); 1 if any does not."""
 
     def go():
         from . import api
 
         composed = api.compose_rules(rules or [])
-        opts = _opts(state_key, allow_global)
+        opts = _opts(state_key, allow_global, allow_outside)
         tgt = api.resolve_target(target, composed, _kwargs(target_kwargs), opts)
         if tgt is None:
             raise UsageError("check needs --target (or a rules file with a target)")
         if jobs is not None or report is not None or recursive:
             from .batch import Settings
+
+            if allow_outside:
+                raise UsageError("--allow-outside-files is for single-file runs (not batch mode)")
 
             settings = Settings(command="check", rules=list(rules or []), target=target,
                                 target_kwargs=_kwargs(target_kwargs), state_key=state_key,

@@ -223,11 +223,11 @@ def _write_safetensors(path: Path, prod: _Producer, metas: dict[str, TensorMeta]
         w.finish()
         size = f.tell()
     if prod.digests is not None:
-        r = SafetensorsReader(path)
-        back = {}
-        for n in r.metas():
-            _, begin, end = r.locate(n)
-            back[n] = sha256_range(path, begin, end - begin)
+        with SafetensorsReader(path) as r:
+            back = {}
+            for n in r.metas():
+                where, begin, end = r.locate(n)
+                back[n] = sha256_range(where, begin, end - begin)
         _verify(shown, back, {n: prod.digests[n] for n in metas})
     return size
 
@@ -259,8 +259,10 @@ def execute(plan: Plan, reader: Reader, out: str | Path, fmt: str, *, force: boo
     try:
         written = _write(fmt, plan, reader, prod, out, force, shard_size)
     except CkptfixError:
+        reader.fileset.check_unchanged()  # a change mid-run is the cause of what it broke (a CRC ...)
         raise
     except OSError as e:
+        reader.fileset.check_unchanged()
         raise CkptfixError(f"{out}: cannot write: {e.strerror or e}") from None
     finally:
         sys.setswitchinterval(interval)
@@ -277,6 +279,7 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
     if fmt == "safetensors":
         with atomic_file(out) as tmp:
             size = _write_safetensors(tmp, prod, metas, metadata, out)
+            reader.fileset.check_unchanged()  # before the output is published
         return Written(out, fmt, len(metas), size, [out])
     if fmt == "safetensors-sharded":
         groups = shard_groups(metas, shard_size or 5 * 10**9)
@@ -291,6 +294,7 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
                                     for n in sorted(names)}}
             index["weight_map"] = dict(sorted(index["weight_map"].items()))
             (tmp / SHARD_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            reader.fileset.check_unchanged()
         return Written(out, fmt, len(metas), total, files)
     return _write_pt(plan, reader, prod, out)
 
@@ -340,14 +344,17 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
             produced = {n: hashlib.sha256(tensor_bytes(t)).hexdigest() for n, t in state.items()}
             back = TorchReader(tmp, state_key=".".join(reader.state_path) if isinstance(reader, TorchReader)
                                and reader.state_path else None)
-            _verify(out, {n: hashlib.sha256(tensor_bytes(back.read(n))).hexdigest() for n in back.metas()},
-                    produced)
+            with back:
+                _verify(out, {n: hashlib.sha256(tensor_bytes(back.read(n))).hexdigest() for n in back.metas()},
+                        produced)
+        reader.fileset.check_unchanged()
     size = out.stat().st_size
     return Written(out, "pt", len(state), size, [out], warnings)
 
 
-def check_output(inputs: list[Path], out: Path, force: bool) -> None:
-    """Refuse an output that is an input, or that exists (unless force)."""
+def check_output(inputs: list[Path], out: Path, force: bool, reader: Reader | None = None) -> None:
+    """Refuse an output that is an input, or any file the input consists of (``reader``'s file
+    set: shards, index, a TF .index/.data, hard links to them), or that exists (unless force)."""
     from .errors import UsageError
 
     o = Path(os.path.realpath(out))  # not Path.resolve(): it raises on a symlink loop
@@ -355,6 +362,8 @@ def check_output(inputs: list[Path], out: Path, force: bool) -> None:
         ir = Path(os.path.realpath(i))
         if o == ir or (ir.is_dir() and ir in o.parents) or (o.is_dir() and (ir == o or o in ir.parents)):
             raise UsageError(f"{out}: output would overwrite the input {i}; choose another path")
+    if reader is not None:
+        reader.fileset.refuse_as_output(out)
     if out.exists() and not force:
         raise UsageError(f"{out}: already exists (use --force to replace it)")
     if out.is_dir() and force and not _is_sharded_output(out):

@@ -72,7 +72,7 @@ def deadline_for(path: Path) -> float:
     return MIN_TIMEOUT + _size(path) / 50e6
 
 
-def preflight(path: str | Path, *, timeout: float | None = None) -> None:
+def preflight(path: str | Path, *, timeout: float | None = None, allow_outside: bool = False) -> None:
     """Read ``path`` in a child first if its format's reader is a C library (see module doc)."""
     from .formats.detect import C_LIBRARY_FORMATS, classify
 
@@ -87,7 +87,8 @@ def preflight(path: str | Path, *, timeout: float | None = None) -> None:
         die_with_parent()
         limit_memory(cap)
 
-    proc = subprocess.Popen([sys.executable, "-m", "ckptfix.isolate", str(path)], stdin=subprocess.DEVNULL,
+    cmd = [sys.executable, "-m", "ckptfix.isolate", str(path)] + (["--allow-outside-files"] if allow_outside else [])
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **{ENV: "1"}),
                             preexec_fn=child_setup)
     try:
@@ -120,18 +121,18 @@ def preflight(path: str | Path, *, timeout: float | None = None) -> None:
         raise InputError(path, f"the reader exited with status {proc.returncode} reading it: {last}")
     if report.get("internal"):
         return  # a bug of ours, not the file's: the in-process run reports it (with --debug)
-    if report.get("cause") is not None:
-        raise InputError(path, report["cause"])
+    if report.get("cause") is not None:  # the same error, naming the same file (a shard, maybe)
+        raise InputError(report.get("path") or path, report["cause"], hint=report.get("hint"))
     err_ = CkptfixError(report.get("message", "unreadable"))
     err_.exit_code = report.get("exit_code", 2)
     raise err_
 
 
-def _read_all(path: str) -> None:
+def _read_all(path: str, allow_outside: bool) -> None:
     from .formats.base import NumpyReader
     from .formats.detect import open_checkpoint
 
-    with open_checkpoint(path) as r:
+    with open_checkpoint(path, allow_outside=allow_outside) as r:
         for name in r.metas():
             r.read_array(name) if isinstance(r, NumpyReader) else r.read(name)
 
@@ -154,9 +155,10 @@ def _fault(path: str) -> None:
 def main() -> None:
     try:
         _fault(sys.argv[1])
-        _read_all(sys.argv[1])
+        _read_all(sys.argv[1], "--allow-outside-files" in sys.argv[2:])
     except CkptfixError as e:
-        print(json.dumps({"message": str(e), "exit_code": e.exit_code, "cause": getattr(e, "cause", None)}))
+        print(json.dumps({"message": str(e), "exit_code": e.exit_code, "cause": getattr(e, "cause", None),
+                          "path": getattr(e, "path", None), "hint": e.hint}))
         sys.exit(1)
     except MemoryError:
         print(json.dumps({"message": "out of memory", "exit_code": 2,

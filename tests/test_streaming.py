@@ -94,11 +94,11 @@ class Recorder:
         real_read, real_copy = fileio.read_range, fileio.copy_range
 
         def read_range(path, begin, end, buf=None):
-            self.reads.append((Path(path).name, begin, end))
+            self.reads.append((Path(str(path)).name, begin, end))
             return real_read(path, begin, end, buf)
 
         def copy_range(path, begin, length, out, on_chunk=None, crc=None):
-            self.reads.append((Path(path).name, begin, begin + length))
+            self.reads.append((Path(str(path)).name, begin, begin + length))
             return real_copy(path, begin, length, out, on_chunk, crc)
 
         for mod in (safetensors_io, torch_io):

@@ -2,6 +2,9 @@
 
 A reader lists tensor metadata without reading data (``metas``) and reads one tensor on demand
 (``read``). Planning only ever calls ``metas``; the executor calls ``read`` once per tensor.
+
+A reader opens the files it consists of through ``self.fileset`` (``fileset.FileSet``): each
+once, inside the checkpoint's directory, checked for changes before an output is published.
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ..tensors import TensorMeta
+from .fileset import FileSet
 
 
 class Reader(ABC):
     #: short format name shown by ``inspect`` ("safetensors", "pt", "keras-h5", ...)
     format: str = "?"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fileset: FileSet | None = None) -> None:
         self.path = Path(path)
+        #: the files this checkpoint consists of (shared with the readers of its parts)
+        self.fileset = fileset if fileset is not None else FileSet(path)
+
+    def files(self) -> list[Path]:
+        """The (resolved) files this checkpoint consists of."""
+        return self.fileset.files()
 
     @abstractmethod
     def metas(self) -> dict[str, TensorMeta]:
@@ -54,7 +64,7 @@ class Reader(ABC):
         return []
 
     def close(self) -> None:
-        pass
+        self.fileset.close()
 
     def __enter__(self):
         return self

@@ -186,17 +186,26 @@ READERS = {
 
 
 def open_checkpoint(path: str | Path, *, state_key: str | None = None,
-                    allow_globals: tuple[str, ...] = ()):
-    """Open any supported checkpoint and return its Reader."""
+                    allow_globals: tuple[str, ...] = (), allow_outside: bool = False):
+    """Open any supported checkpoint and return its Reader. Its files must resolve inside the
+    checkpoint's directory unless ``allow_outside`` (see ``fileset``)."""
     import importlib
+
+    from .fileset import FileSet
 
     fmt = classify(path)
     module, cls = READERS[fmt]
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
-    if fmt in ("pt", "pt-legacy"):
-        r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
-    else:
-        r = reader(path)
+    files = FileSet(path, allow_outside=allow_outside)
+    try:
+        if fmt in ("pt", "pt-legacy"):
+            r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy",
+                       fileset=files)
+        else:
+            r = reader(path, fileset=files)
+    except BaseException:
+        files.close()
+        raise
     try:
         _check_names(path, r.metas())
     except BaseException:

@@ -5,10 +5,14 @@ so a file cut short under us gives an error, never SIGBUS). ``copy_range`` copie
 open output file without it passing through Python at all (``copy_file_range``: the kernel copies,
 as ``cp`` does), falling back to bounded ``pread``/``write`` chunks where the kernel or the file
 system cannot. Both raise ``InputError`` naming the source on a short read.
+
+Wherever they take a ``path`` they also take a ``fileset.Handle``: the checkpoint's file, opened
+once, is then read through its descriptor instead of being opened again by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -37,6 +41,19 @@ def _open(path: Path) -> int:
         raise InputError(path, f"cannot read: {e.strerror}") from None
 
 
+@contextlib.contextmanager
+def _source(src):
+    """``(fd, path)`` to read ``src``: a Handle's own descriptor, else the path opened for the call."""
+    if hasattr(src, "fd"):
+        yield src.fd, src.path
+        return
+    fd = _open(src)
+    try:
+        yield fd, src
+    finally:
+        os.close(fd)
+
+
 def _short(path: Path, want: int, begin: int) -> InputError:
     return InputError(path, f"truncated: expected {want} bytes at offset {begin}, file ends early")
 
@@ -54,11 +71,8 @@ def read_range(path: Path, begin: int, end: int, buf=None):
     """Read ``[begin, end)`` into ``buf`` (a writable buffer of that size), else into a fresh
     bytearray; return the buffer. A short read is an InputError."""
     buf = bytearray(end - begin) if buf is None else buf
-    fd = _open(path)
-    try:
-        read_into(fd, memoryview(buf).cast("B"), begin, path)
-    finally:
-        os.close(fd)
+    with _source(path) as (fd, name):
+        read_into(fd, memoryview(buf).cast("B"), begin, name)
     return buf
 
 
@@ -109,8 +123,7 @@ def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int
     out.flush()
     dst = out.fileno()
     pos = out.tell()
-    src = _open(path)
-    try:
+    with _source(path) as (src, path):
         done = 0
         kernel = hasattr(os, "copy_file_range") and crc is None
         running = 0
@@ -141,24 +154,19 @@ def copy_range(path: Path, begin: int, length: int, out, on_chunk: Callable[[int
                 on_chunk(k)
         if crc is not None and running != crc[0]:
             raise InputError(path, crc[1])
-    finally:
-        os.close(src)
 
 
 def sha256_range(path: Path, begin: int, length: int) -> str:
     """sha256 of ``length`` bytes of ``path`` from ``begin``, read in bounded chunks."""
     h = hashlib.sha256()
-    fd = _open(path)
-    try:
+    with _source(path) as (fd, name):
         buf = bytearray(min(CHUNK, length))
         done = 0
         while done < length:
             view = memoryview(buf)[:min(CHUNK, length - done)]
-            read_into(fd, view, begin + done, path)
+            read_into(fd, view, begin + done, name)
             h.update(view)
             done += len(view)
-    finally:
-        os.close(fd)
     return h.hexdigest()
 
 

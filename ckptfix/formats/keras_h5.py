@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import zipfile
@@ -35,6 +36,7 @@ from ..errors import InputError
 from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
+from .fileset import FileSet
 
 # ------------------------------------------------------------------------------ class tables
 
@@ -214,8 +216,9 @@ class _H5Errors:
 class KerasH5Reader(NumpyReader):
     format = "keras-h5"
 
-    def __init__(self, path: str | Path, *, _files=None, _config=None, _display=None) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, *, _files=None, _config=None, _display=None,
+                 fileset: FileSet | None = None) -> None:
+        super().__init__(path, fileset)
         self._display = _display or self.path
         self._files: list = []
         self._owned: list = []
@@ -228,12 +231,7 @@ class KerasH5Reader(NumpyReader):
         self.layout = "?"
         try:
             if _files is None:
-                import h5py
-
-                try:
-                    f = h5py.File(self.path, "r")
-                except FileNotFoundError:
-                    raise InputError(self._display, "no such file or directory") from None
+                f = _open_h5(self.fileset, self.path)
                 self._owned.append(f)
                 _files = [f]
             self._files = list(_files)
@@ -523,11 +521,29 @@ class KerasH5Reader(NumpyReader):
             except Exception:  # noqa: BLE001
                 pass
         self._extra_close = []
+        super().close()
 
 
 def _one_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return s[0] if s else ""
+
+
+def _open_h5(fileset: FileSet, path: Path):
+    """h5py's own (native) driver on a file of the set, checked to be the very file the set
+    opened (h5py keeps its descriptor, so every later read is of that file)."""
+    import h5py
+
+    h = fileset.open(path)  # containment; the fstat every change is measured against
+    f = h5py.File(path, "r")
+    try:
+        same = h.same_file(f.id.get_vfd_handle())
+    except (TypeError, ValueError, RuntimeError, OSError):  # not the sec2 driver: no descriptor
+        same = True
+    if not same:
+        f.close()
+        raise InputError(path, "changed while being opened (replaced by another file)")
+    return f
 
 
 def _has_layer_names(group) -> bool:
@@ -617,8 +633,8 @@ def _canonical_dtype(ds) -> str | None:
 class _ZipWindow(io.RawIOBase):
     """Read-only file object over the byte range of a stored (uncompressed) zip member."""
 
-    def __init__(self, path: Path, start: int, size: int) -> None:
-        self._f = open(path, "rb")
+    def __init__(self, src, start: int, size: int) -> None:
+        self._src = src  # a fileset.Handle: read with pread through its descriptor
         self._start = start
         self._size = size
         self._pos = 0
@@ -648,47 +664,41 @@ class _ZipWindow(io.RawIOBase):
         n = min(len(b), max(0, self._size - self._pos))
         if n <= 0:
             return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
+        data = os.pread(self._src.fd, n, self._start + self._pos)
         b[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
 
-
-def _open_member(zpath: Path, zf: zipfile.ZipFile, name: str):
-    """A seekable file object for one zip member, without copying stored members."""
+def _open_member(src, zf: zipfile.ZipFile, name: str):
+    """A seekable file object for one zip member, without copying stored members. ``src``:
+    the archive's fileset.Handle."""
+    zpath = src.path
     info = zf.getinfo(name)
     if info.compress_type == zipfile.ZIP_STORED:
-        with open(zpath, "rb") as f:
-            f.seek(info.header_offset)
-            header = f.read(30)
-            if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                raise InputError(zpath, f"bad local header for {name} in the zip archive")
-            name_len, extra_len = struct.unpack("<HH", header[26:30])
-            start = info.header_offset + 30 + name_len + extra_len
-            f.seek(0, 2)
-            if start + info.file_size > f.tell():
-                raise InputError(zpath, f"{name} runs past the end of the archive: truncated")
-        return _ZipWindow(zpath, start, info.file_size)
+        header = os.pread(src.fd, 30, info.header_offset)
+        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+            raise InputError(zpath, f"bad local header for {name} in the zip archive")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.file_size > src.size:
+            raise InputError(zpath, f"{name} runs past the end of the archive: truncated")
+        return _ZipWindow(src, start, info.file_size)
     return io.BytesIO(zf.read(name))
 
 
 class KerasArchiveReader(KerasH5Reader):
     format = "keras-archive"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fileset: FileSet | None = None) -> None:
         import h5py
 
         p = Path(path)
         self._extra_close = []
+        fileset = fileset if fileset is not None else FileSet(p)
         try:
-            with zipfile.ZipFile(p) as zf:
+            src = fileset.open(p)
+            with src.file() as zfp, zipfile.ZipFile(zfp) as zf:
                 names = zf.namelist()
                 if "config.json" not in names:
                     raise InputError(p, "is a zip without config.json: not a .keras archive")
@@ -701,15 +711,18 @@ class KerasArchiveReader(KerasH5Reader):
                 metadata = None
                 if "metadata.json" in names:
                     metadata = _loads_config(zf.read("metadata.json").decode("utf-8"), "metadata.json", p)
-                fobj = _open_member(p, zf, weights[0])
+                fobj = _open_member(src, zf, weights[0])
         except InputError:
+            fileset.close()
             raise
         except FileNotFoundError:
+            fileset.close()
             raise InputError(p, "no such file or directory") from None
         except (zipfile.BadZipFile, OSError, ValueError, KeyError, UnicodeDecodeError,
                 struct.error, EOFError, RuntimeError, *ZIP_MEMBER_ERRORS) as e:
             # RuntimeError: "encrypted" (and NotImplementedError: unknown compression method or
             # flags); zlib/LZMA: bad compressed data
+            fileset.close()
             raise InputError(p, f"corrupt .keras archive ({type(e).__name__}: "
                              f"{_one_line(e)})") from None
         self._extra_close.append(fobj)
@@ -718,10 +731,11 @@ class KerasArchiveReader(KerasH5Reader):
             h5 = h5py.File(fobj, "r")
         except _H5Errors.types as e:
             fobj.close()
+            fileset.close()
             raise InputError(p, f"{weights[0]} in the archive is not a readable HDF5 file "
                              f"({type(e).__name__}: {_one_line(e)})") from None
         self._extra_close.insert(0, h5)
-        super().__init__(p, _files=[h5], _config=config)
+        super().__init__(p, _files=[h5], _config=config, fileset=fileset)
 
     def extras(self) -> dict[str, Any]:
         out = super().extras()
@@ -739,10 +753,9 @@ class KerasShardedReader(KerasH5Reader):
 
     format = "keras-sharded"
 
-    def __init__(self, path: str | Path) -> None:
-        import h5py
-
+    def __init__(self, path: str | Path, fileset: FileSet | None = None) -> None:
         p = Path(path)
+        fileset = fileset if fileset is not None else FileSet(p)
         if p.is_dir():
             found = sorted(p.glob("*.weights.json"))
             if not found:
@@ -752,9 +765,8 @@ class KerasShardedReader(KerasH5Reader):
             p = found[0]
         self._extra_close = []
         try:
-            text = p.read_text("utf-8")
-        except FileNotFoundError:
-            raise InputError(p, "no such file or directory") from None
+            h = fileset.open(p)
+            text = h.read_all().decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(p, f"cannot read ({_one_line(e)})") from None
         try:
@@ -783,11 +795,17 @@ class KerasShardedReader(KerasH5Reader):
         for name in shard_names:
             sp = p.parent / name
             try:
-                files.append(h5py.File(sp, "r"))
+                if not (sp.exists() or sp.is_symlink()):
+                    raise FileNotFoundError(sp)
+                files.append(_open_h5(fileset, sp))
             except FileNotFoundError:
                 for f in files:
                     f.close()
                 raise InputError(sp, f"shard named in {p.name} is missing") from None
+            except InputError:
+                for f in files:
+                    f.close()
+                raise
             except _H5Errors.types as e:
                 for f in files:
                     f.close()
@@ -796,7 +814,7 @@ class KerasShardedReader(KerasH5Reader):
         self._extra_close.extend(files)
         self.index = index
         self.shards = shard_names
-        super().__init__(p, _files=files)
+        super().__init__(p, _files=files, fileset=fileset)
 
     def extras(self) -> dict[str, Any]:
         out = super().extras()

@@ -19,6 +19,7 @@ from ..errors import InputError
 from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
+from .fileio import read_range
 
 # tokenize.TokenError: numpy tokenizes old-style headers; zlib.error: a corrupt deflated member
 _ERRORS = (OSError, ValueError, KeyError, EOFError, struct.error, zipfile.BadZipFile,
@@ -114,16 +115,16 @@ def _finish(arr, fortran: bool):
 class NpzReader(NumpyReader):
     format = "npz"
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, fileset=None) -> None:
+        super().__init__(path, fileset)
         self._metas: dict[str, TensorMeta] = {}
         self._members: dict[str, str] = {}
         self._info: dict[str, tuple] = {}
+        self._fp = self.fileset.open(self.path).file()  # the zip reads through the set's file
         try:
-            self._zip = zipfile.ZipFile(self.path)
-        except FileNotFoundError:
-            raise InputError(self.path, "no such file or directory") from None
+            self._zip = zipfile.ZipFile(self._fp)
         except _ERRORS as e:
+            self._fp.close()
             raise InputError(self.path, f"truncated or corrupt .npz archive "
                              f"({_one_line(e)})") from None
         try:
@@ -142,10 +143,10 @@ class NpzReader(NumpyReader):
                                                dtype=_canonical(self.path, f"member {member!r}",
                                                                 dtype))
         except InputError:
-            self._zip.close()
+            self.close()
             raise
         except _ERRORS as e:
-            self._zip.close()
+            self.close()
             raise InputError(self.path, f"corrupt .npz archive ({_one_line(e)})") from None
 
     def metas(self) -> dict[str, TensorMeta]:
@@ -177,22 +178,22 @@ class NpzReader(NumpyReader):
 
     def close(self) -> None:
         self._zip.close()
+        self._fp.close()
+        super().close()
 
 
 class NpyReader(NumpyReader):
     format = "npy"
 
-    def __init__(self, path: str | Path, *, name: str | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, *, name: str | None = None, fileset=None) -> None:
+        super().__init__(path, fileset)
         self.name = name or self.path.name.removesuffix(".npy")
+        self._file = self.fileset.open(self.path)
         try:
-            with open(self.path, "rb") as fp:
+            with self._file.file() as fp:
                 shape, fortran, dtype = _read_header(fp, self.path, "array")
                 self._data_offset = fp.tell()
-                fp.seek(0, 2)
-                size = fp.tell()
-        except FileNotFoundError:
-            raise InputError(self.path, "no such file or directory") from None
+            size = self._file.size
         except InputError:
             raise
         except OSError as e:
@@ -215,13 +216,9 @@ class NpyReader(NumpyReader):
         shape, fortran, dtype = self._info
         need = self._meta.numel * dtype.itemsize
         try:
-            with open(self.path, "rb") as fp:
-                fp.seek(self._data_offset)
-                data = fp.read(need)
+            data = read_range(self._file, self._data_offset, self._data_offset + need)
         except OSError as e:
             raise InputError(self.path, f"cannot read: {e.strerror or e}") from None
-        if len(data) != need:
-            raise InputError(self.path, "truncated while reading")
         arr = np.frombuffer(data, dtype=dtype)
         arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
         return _finish(arr, fortran)

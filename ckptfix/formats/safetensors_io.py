@@ -103,7 +103,7 @@ def parse_header(path: Path, f, size: int) -> tuple[dict[str, TensorMeta], dict[
     return metas, ranges, {str(k): str(v) for k, v in metadata.items()}, start
 
 
-def read_tensor(path: Path, begin: int, end: int, meta: TensorMeta):
+def read_tensor(path, begin: int, end: int, meta: TensorMeta):
     """One tensor's bytes read straight into a new tensor (no zero-filled buffer first)."""
     import torch
 
@@ -118,11 +118,12 @@ def read_tensor(path: Path, begin: int, end: int, meta: TensorMeta):
 class SafetensorsReader(Reader):
     format = "safetensors"
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
+    def __init__(self, path: str | Path, fileset=None) -> None:
+        super().__init__(path, fileset)
+        self._file = self.fileset.open(self.path)
+        size = self._file.size
         try:
-            size = os.path.getsize(self.path)
-            with open(self.path, "rb") as f:
+            with self._file.file() as f:
                 self._metas, self._ranges, self.metadata, self.data_start = parse_header(self.path, f, size)
         except OSError as e:
             raise InputError(self.path, f"cannot read: {e.strerror or e}") from None
@@ -134,13 +135,13 @@ class SafetensorsReader(Reader):
     def byte_range(self, name: str) -> tuple[int, int]:
         return self._ranges[name]
 
-    def locate(self, name: str) -> tuple[Path, int, int]:
+    def locate(self, name: str):
         b, e = self._ranges[name]
-        return self.path, b, e
+        return self._file, b, e
 
     def read(self, name: str):
         b, e = self._ranges[name]
-        return read_tensor(self.path, b, e, self._metas[name])
+        return read_tensor(self._file, b, e, self._metas[name])
 
     def extras(self):
         return {"metadata": self.metadata} if self.metadata else {}
@@ -151,12 +152,13 @@ class ShardedSafetensorsReader(Reader):
 
     format = "safetensors-sharded"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, fileset=None) -> None:
         p = Path(path)
         index = p / SHARD_INDEX if p.is_dir() else p
-        super().__init__(index)
+        super().__init__(index, fileset)
         try:
-            doc = json.loads(index.read_text("utf-8"))
+            h = self.fileset.open(index)
+            doc = json.loads(h.read_all().decode("utf-8"))
             weight_map = doc["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError
@@ -174,7 +176,7 @@ class ShardedSafetensorsReader(Reader):
                 sp = index.parent / shard
                 if not sp.is_file():
                     raise InputError(index, f"shard {shard} (holding {name!r}) is missing")
-                self._shards[shard] = SafetensorsReader(sp)
+                self._shards[shard] = SafetensorsReader(sp, self.fileset)
             reader = self._shards[shard]
             if name not in reader._metas:
                 raise InputError(reader.path, f"tensor {name!r} is listed in the index but not in this shard")
@@ -186,7 +188,7 @@ class ShardedSafetensorsReader(Reader):
     def read(self, name: str):
         return self._where[name].read(name)
 
-    def locate(self, name: str) -> tuple[Path, int, int]:
+    def locate(self, name: str):
         return self._where[name].locate(name)
 
     def extras(self):

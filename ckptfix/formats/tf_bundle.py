@@ -38,6 +38,7 @@ from ..errors import InputError
 from ..tensors import TensorMeta
 from ._crc32c import crc32c, unmask
 from .base import NumpyReader
+from .fileio import read_range
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_LEN = 48
@@ -360,14 +361,19 @@ def _natural_key(s: str):
 
 # --------------------------------------------------------------------------------- the reader
 
-def resolve_prefix(path: str | Path) -> Path:
-    """Prefix of a bundle given the prefix, the ``.index`` file, a data shard or a directory."""
+def resolve_prefix(path: str | Path, fileset=None) -> Path:
+    """Prefix of a bundle given the prefix, the ``.index`` file, a data shard or a directory.
+    A ``checkpoint`` state file naming a prefix outside the directory is followed only where
+    ``fileset`` allows it (its own check then refuses the files)."""
     p = Path(path)
     if p.is_dir():
         ckpt = p / "checkpoint"
         if ckpt.is_file():
             try:
-                text = ckpt.read_text("utf-8", "replace")
+                if fileset is not None:
+                    text = fileset.open(ckpt).read_all().decode("utf-8", "replace")
+                else:
+                    text = ckpt.read_text("utf-8", "replace")
             except OSError as e:
                 raise InputError(ckpt, f"cannot read: {e.strerror or e}") from None
             m = re.search(r'^\s*model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.M)
@@ -377,13 +383,17 @@ def resolve_prefix(path: str | Path) -> Path:
             prefix = Path(name)
             if not prefix.is_absolute():
                 prefix = p / prefix
-            if not Path(str(prefix) + ".index").is_file():
-                # moved directories: try the basename next to the checkpoint file
+            here = Path(str(prefix) + ".index").is_file() and (
+                fileset is None or fileset.allow_outside or fileset.resolves_inside(Path(str(prefix) + ".index")))
+            if not here:
+                # moved directories (TF1 recorded absolute paths): the basename next to the
+                # checkpoint file; a prefix elsewhere is read only if the file set allows it
                 alt = p / prefix.name
                 if Path(str(alt) + ".index").is_file():
                     return alt
-                raise InputError(p, f"checkpoint file names {name!r} but "
-                                 f"{prefix.name}.index does not exist")
+                if not Path(str(prefix) + ".index").is_file():
+                    raise InputError(p, f"checkpoint file names {name!r} but "
+                                     f"{prefix.name}.index does not exist")
             return prefix
         indexes = sorted(p.glob("*.index"))
         if len(indexes) == 1:
@@ -404,17 +414,17 @@ def resolve_prefix(path: str | Path) -> Path:
 class TFCheckpointReader(NumpyReader):
     format = "tf-checkpoint"
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path)
-        self.prefix = resolve_prefix(path)
+    def __init__(self, path: str | Path, fileset=None) -> None:
+        super().__init__(path, fileset)
+        self.prefix = resolve_prefix(path, self.fileset)
         self.index_path = Path(str(self.prefix) + ".index")
         self._warnings: list[str] = []
         self._skipped: list[str] = []
+        if not self.index_path.exists():
+            raise InputError(self.index_path, "no such file (TF checkpoint index)")
         try:
-            with open(self.index_path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise InputError(self.index_path, "no such file (TF checkpoint index)") from None
+            h = self.fileset.open(self.index_path)
+            data = h.read_all()
         except OSError as e:
             raise InputError(self.index_path, f"cannot read: {e.strerror or e}") from None
         try:
@@ -461,6 +471,7 @@ class TFCheckpointReader(NumpyReader):
                     raise _Corrupt(f"tensor {name!r}: shape {list(entry['shape'])} of {spec[0]} "
                                    f"needs {nbytes} bytes but the entry says {entry['size']}")
             self.entries[name] = entry
+        self._open_shards()
         self._resolve_names()
 
     def _is_non_weight(self, name: str, entry: dict) -> str | None:
@@ -556,27 +567,32 @@ class TFCheckpointReader(NumpyReader):
     def _shard_path(self, shard: int) -> Path:
         return Path(f"{self.prefix}.data-{shard:05d}-of-{self.header['num_shards']:05d}")
 
+    def _open_shards(self) -> None:
+        """Open every data shard now, beside the index (a shard opened only when first needed
+        could come from a later save); a missing one is reported when a tensor needs it."""
+        self._shards = {}
+        for i in range(min(self.header["num_shards"], 1 + max((e["shard_id"] for e in self.entries.values()),
+                                                              default=0))):
+            shard = self._shard_path(i)
+            if shard.exists() or shard.is_symlink():
+                self._shards[i] = self.fileset.open(shard)
+
     def _read_raw(self, key: str, verify: bool = True) -> bytes:
         entry = self.entries[key]
         shard = self._shard_path(entry["shard_id"])
         off, size = entry["offset"], entry["size"]
+        h = getattr(self, "_shards", {}).get(entry["shard_id"])
+        if h is None:
+            if shard.is_dir():
+                raise InputError(shard, "is a directory, expected a data shard")
+            raise InputError(shard, f"data shard missing (needed for tensor {key!r})")
+        if off + size > h.size:
+            raise InputError(shard, f"tensor {key!r} at [{off}, {off + size}) runs past "
+                             f"the end of the data file ({h.size} bytes): truncated")
         try:
-            with open(shard, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                fsize = f.tell()
-                if off + size > fsize:
-                    raise InputError(shard, f"tensor {key!r} at [{off}, {off + size}) runs past "
-                                     f"the end of the data file ({fsize} bytes): truncated")
-                f.seek(off)
-                raw = f.read(size)
-        except FileNotFoundError:
-            raise InputError(shard, f"data shard missing (needed for tensor {key!r})") from None
-        except IsADirectoryError:
-            raise InputError(shard, "is a directory, expected a data shard") from None
+            raw = read_range(h, off, off + size)
         except OSError as e:
             raise InputError(shard, f"cannot read: {e.strerror or e}") from None
-        if len(raw) != size:
-            raise InputError(shard, f"short read for tensor {key!r}: truncated")
         if verify and entry["crc32c"] is not None:
             actual = crc32c(raw)
             if unmask(entry["crc32c"]) != actual:

@@ -212,8 +212,9 @@ class TorchReader(Reader):
     format = "pt"
 
     def __init__(self, path: str | Path, *, state_key: str | None = None,
-                 allow_globals: tuple[str, ...] = (), legacy: bool = False) -> None:
-        super().__init__(path)
+                 allow_globals: tuple[str, ...] = (), legacy: bool = False, fileset=None) -> None:
+        super().__init__(path, fileset)
+        self._file = self.fileset.open(self.path)  # tensors are read through it (see fileset)
         torch = _torch()
         self.legacy = legacy
         self.eager = legacy  # eager: tensors already hold their data (read whole by torch.load)
@@ -262,7 +263,7 @@ class TorchReader(Reader):
                     warnings.simplefilter("ignore")
                     # a file object, not the path: torch.load dispatches on the file name (.safetensors),
                     # and the format was already decided from the bytes
-                    with open(self.path, "rb") as f:
+                    with self._file.file() as f:
                         return torch.load(f, weights_only=True, map_location=map_location)
             except InputError:
                 raise
@@ -354,7 +355,7 @@ class TorchReader(Reader):
             raise InputError(self.path, f"corrupt zip archive ({e})") from None
         if byteorder not in (None, "little"):
             raise InputError(self.path, f"byte order {byteorder!r} is not supported")
-        size = os.path.getsize(self.path)
+        size = self._file.size
         strided = _torch().strided
         for name, t in self._walk_tensors(self.container):
             if t.layout is not strided:
@@ -398,7 +399,7 @@ class TorchReader(Reader):
         # read only the bytes this view spans, not its whole (possibly shared) storage
         span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
         start = self._start(t)
-        buf = read_range(self.path, start, start + span * t.element_size())
+        buf = read_range(self._file, start, start + span * t.element_size())
         crc = self.crc_of(start, start + len(buf))
         if crc is not None and zlib.crc32(buf) != crc[0]:
             raise InputError(self.path, crc[1])
@@ -415,7 +416,7 @@ class TorchReader(Reader):
         if self.eager or t.device.type != "meta" or t.numel() == 0 or not t.is_contiguous():
             return None
         start = self._start(t)
-        return self.path, start, start + t.numel() * t.element_size()
+        return self._file, start, start + t.numel() * t.element_size()
 
     @staticmethod
     def _start(t) -> int:

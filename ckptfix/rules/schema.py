@@ -313,6 +313,18 @@ def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines:
     return RulesError(f"{base[-1]} rule: {what}: {msg}", source=source, line=line)
 
 
+def looks_like_rules(data: Any) -> bool:
+    """Whether parsed YAML is recognisably a rules file (before any message quotes its content):
+    a mapping of top-level fields only, or a list of rule mappings each naming an op."""
+    if data is None:
+        return True
+    if isinstance(data, dict):
+        return all(isinstance(k, str) and k in TOP_FIELDS for k in data)
+    if isinstance(data, list):
+        return all(isinstance(i, dict) and any(k in OPS for k in i) for i in data)
+    return False
+
+
 def parse_rules(data: Any, lines: dict, source: str, base_dir: Path | None = None) -> RulesFile:
     if data is None:
         data = {}
