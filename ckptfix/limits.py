@@ -53,22 +53,24 @@ def depth_exceeds(obj, limit: int = MAX_DEPTH) -> bool:
 
 
 def memory_limit() -> int:
-    """The most memory this process can ever have: physical RAM, lowered by an address-space or
-    data rlimit and a cgroup (v2) limit when set. Fixed for a given machine and settings (not the
-    memory free right now), so a plan is refused or accepted the same way each time."""
+    """The most memory this process can have: physical RAM, lowered by an address-space or data
+    rlimit (less what the process already uses of it) and a cgroup v2 limit when set. It does not
+    depend on what is free right now, so a plan is refused or accepted the same way each time."""
     import resource
 
     limits = []
     try:
-        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        pass
-    for which in (resource.RLIMIT_AS, getattr(resource, "RLIMIT_DATA", None)):
-        if which is None:
-            continue
+        page = os.sysconf("SC_PAGE_SIZE")
+        limits.append(os.sysconf("SC_PHYS_PAGES") * page)
+        with open("/proc/self/statm") as f:
+            statm = [int(x) * page for x in f.read().split()]
+        used = {resource.RLIMIT_AS: statm[0], getattr(resource, "RLIMIT_DATA", -1): statm[5]}
+    except (ValueError, OSError, AttributeError, IndexError):
+        used = {}
+    for which, in_use in used.items():
         soft, _hard = resource.getrlimit(which)
         if soft != resource.RLIM_INFINITY and soft > 0:
-            limits.append(soft)
+            limits.append(max(soft - in_use, 0))
     try:
         with open("/sys/fs/cgroup/memory.max") as f:
             text = f.read().strip()
@@ -77,3 +79,18 @@ def memory_limit() -> int:
     except OSError:
         pass
     return min(limits) if limits else MAX_TENSOR_BYTES
+
+
+def tensor_too_big(before, after, computed: bool) -> str | None:
+    """Why a tensor a rule makes (``after``, a TensorMeta; from ``before``, None for a new one)
+    cannot be made, or None. The policy: no tensor over ``MAX_TENSOR_BYTES`` (which also keeps
+    every element count far inside int64); and when the op computes it (anything but a byte copy),
+    its input and output must fit in ``memory_limit()`` together, the least such an op holds."""
+    if after.nbytes > MAX_TENSOR_BYTES:
+        return f"it would be {after.numel:,} elements ({fmt_bytes(after.nbytes)}), over the " \
+               f"{fmt_bytes(MAX_TENSOR_BYTES)} ckptfix allows for any tensor"
+    need = after.nbytes + (before.nbytes if before is not None else 0)
+    if computed and need > (mem := memory_limit()):
+        return f"computing it holds {fmt_bytes(need)} (input and output) in memory, more than the " \
+               f"{fmt_bytes(mem)} this process can have"
+    return None

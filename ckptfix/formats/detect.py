@@ -189,10 +189,14 @@ def open_checkpoint(path: str | Path, *, state_key: str | None = None,
     fmt = classify(path)
     module, cls = READERS[fmt]
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
-    if fmt in ("pt", "pt-legacy"):
-        r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
-    else:
-        r = reader(path)
+    try:
+        if fmt in ("pt", "pt-legacy"):
+            r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy")
+        else:
+            r = reader(path)
+    except RecursionError:  # any parser or walker of any format: the file's nesting, not a bug
+        raise InputError(path, "is nested too deeply to read (a structure deeper than Python's "
+                         "recursion limit): corrupt or hostile file") from None
     try:
         _check_names(path, r.metas())
     except BaseException:

@@ -65,7 +65,7 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
                          f"would need pickle, which ckptfix refuses{needs}")
     if dtype.names is not None or dtype.subdtype is not None:
         raise InputError(path, f"{what} has a structured dtype {dtype}, not a tensor")
-    if any(not isinstance(s, int) or s < 0 for s in shape):
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):  # (True,) too
         raise InputError(path, f"{what}: invalid shape {shape}")
     # numpy cannot make such an array even when a 0 makes it empty (found by fuzzing: reshape
     # raised "Maximum allowed dimension exceeded" for (0, 2**63, 3)); a non-empty one is

@@ -293,6 +293,16 @@ def check_zip_members(path: Path) -> None:
         zipmember.check_declared(path, info, limit)
 
 
+def refuse_deep(container, path: Path) -> None:
+    """Refuse a loaded container nested more than ``MAX_DEPTH`` levels (a list 2,000 deep is a
+    few KB of pickle): walking, materializing or saving it would exhaust Python's recursion."""
+    from ..limits import MAX_DEPTH, depth_exceeds
+
+    if depth_exceeds(container, MAX_DEPTH):
+        raise InputError(path, f"its pickle is nested too deeply (more than {MAX_DEPTH} levels): "
+                         "corrupt or hostile file")
+
+
 # the records of a torch zip besides the pickle and the storages (all read whole)
 _SMALL_RECORDS = ("byteorder", "version", ".format_version", ".storage_alignment", "serialization_id")
 
@@ -315,6 +325,7 @@ class TorchReader(Reader):
             self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
         self.container = self._load("cpu" if legacy else "meta")
+        refuse_deep(self.container, self.path)  # every walker below (and torch.save) recurses
         if legacy:
             self._check_legacy_storages()
         self.state_path = find_state_dict(self.container, state_key, self.path)
