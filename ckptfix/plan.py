@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import layers as L
 from . import layouts
 from .errors import RulesError
-from .limits import tensor_too_big
+from .limits import memory_limit, tensor_too_big
 from .rules.ops import (AddScalar, Cast, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, Slice, Transpose,
                         tensor_seed)
 from .rules.schema import Rule
@@ -131,6 +131,7 @@ class _Planner:
         self.inputs = metas
         self.entries: dict[str, Entry] = {n: Entry(n, m) for n, m in metas.items()}
         self.target = target
+        self.memory: int | None = None  # limits.memory_limit(), taken when first needed
         # the class of the layer each input tensor belongs to: from the file / rules, else from shapes
         classes = classes or {}
         kinds = {layer: classes.get(layer) or L.infer_layer(layer, ts).kind
@@ -143,7 +144,9 @@ class _Planner:
 
     def check_size(self, rule: Rule, name: str, before: TensorMeta | None, after: TensorMeta, op: Op) -> None:
         """Refuse, at plan time, a tensor no run could make (see ``limits.tensor_too_big``)."""
-        why = tensor_too_big(before, after, before is None or op.byte_span(before) is None)
+        if self.memory is None:
+            self.memory = memory_limit()
+        why = tensor_too_big(before, after, before is None or op.byte_span(before) is None, self.memory)
         if why:
             was = f"{fmt_shape(before.shape)} -> " if before is not None else ""
             raise self.err(rule, f"{name} {was}{fmt_shape(after.shape)} {after.dtype}: {why}")
