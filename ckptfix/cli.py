@@ -74,6 +74,8 @@ def _kwargs(text: Optional[str]) -> Optional[dict]:
     except yaml.YAMLError as e:
         why = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UsageError(f"--target-kwargs: not a YAML/JSON mapping: {why}") from None
+    except RecursionError:
+        raise UsageError("--target-kwargs: nested too deeply") from None
     if not isinstance(v, dict):
         raise UsageError("--target-kwargs must be a mapping, e.g. '{num_classes: 15}'")
     return v

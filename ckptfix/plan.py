@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from . import layers as L
 from . import layouts
 from .errors import RulesError
+from .limits import memory_limit, tensor_too_big
 from .rules.ops import (AddScalar, Cast, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, Slice, Transpose,
                         tensor_seed)
 from .rules.schema import Rule
@@ -130,6 +131,7 @@ class _Planner:
         self.inputs = metas
         self.entries: dict[str, Entry] = {n: Entry(n, m) for n, m in metas.items()}
         self.target = target
+        self.memory: int | None = None  # limits.memory_limit(), taken when first needed
         # the class of the layer each input tensor belongs to: from the file / rules, else from shapes
         classes = classes or {}
         kinds = {layer: classes.get(layer) or L.infer_layer(layer, ts).kind
@@ -139,6 +141,15 @@ class _Planner:
     # -- helpers ---------------------------------------------------------------------------
     def err(self, rule: Rule, msg: str, hint: str | None = None) -> RulesError:
         return RulesError(f"rule {rule.index} ({rule.op}): {msg}", source=rule.source, line=rule.line, hint=hint)
+
+    def check_size(self, rule: Rule, name: str, before: TensorMeta | None, after: TensorMeta, op: Op) -> None:
+        """Refuse, at plan time, a tensor no run could make (see ``limits.tensor_too_big``)."""
+        if self.memory is None:
+            self.memory = memory_limit()
+        why = tensor_too_big(before, after, before is None or op.byte_span(before) is None, self.memory)
+        if why:
+            was = f"{fmt_shape(before.shape)} -> " if before is not None else ""
+            raise self.err(rule, f"{name} {was}{fmt_shape(after.shape)} {after.dtype}: {why}")
 
     def class_of(self, name: str) -> str | None:
         src = self.entries[name].source
@@ -213,6 +224,7 @@ class _Planner:
                 if key in self.entries:
                     raise self.err(rule, f"tensor {key!r} already exists")
                 gen = Constant(TensorMeta(tuple(s.shape), s.dtype), s.value)
+                self.check_size(rule, key, None, gen.shape(), gen)
                 self.entries[key] = Entry(None, gen.shape(), [gen])
                 changes.append(f"added {key} {fmt_shape(s.shape)} {s.dtype} = {s.value:g}")
             return changes, keys, f"add {s.key}"
@@ -231,6 +243,7 @@ class _Planner:
                 new = bound.shape(e.meta)
             except OpError as ex:
                 raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
+            self.check_size(rule, n, e.meta, new, bound)
             summary = bound.describe()
             if new != e.meta:
                 changes.append(f"{n} {fmt_shape(e.meta.shape)}{'' if new.dtype == e.meta.dtype else ' ' + e.meta.dtype}"

@@ -203,6 +203,10 @@ def open_checkpoint(path: str | Path, *, state_key: str | None = None,
                        fileset=files)
         else:
             r = reader(path, fileset=files)
+    except RecursionError:  # any parser or walker of any format: the file's nesting, not a bug
+        files.close()
+        raise InputError(path, "is nested too deeply to read (a structure deeper than Python's "
+                         "recursion limit): corrupt or hostile file") from None
     except BaseException:
         files.close()
         raise

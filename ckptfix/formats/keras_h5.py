@@ -33,7 +33,10 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import InputError
+from . import zipmember
+from .detect import HDF5_MAGIC
 from .fileio import ZIP_MEMBER_ERRORS
+from ..limits import MAX_DEPTH, MAX_JSON_MEMBER, depth_exceeds
 from ..tensors import TensorMeta
 from .base import NumpyReader
 from .fileset import FileSet
@@ -572,9 +575,6 @@ def _parse_json_attr(value, what: str, path) -> Any:
     return _loads_config(text, f"{what} attribute", path)
 
 
-_MAX_JSON_DEPTH = 500  # real Keras configs nest a few dozen levels; the config walk recurses
-
-
 def _loads_config(text: str, what: str, path) -> Any:
     """A JSON config, as data only (nothing in a config is ever executed). Refuses lone
     surrogates (from invalid UTF-8 or "\\ud800" escapes: unprintable layer names and classes)
@@ -588,13 +588,8 @@ def _loads_config(text: str, what: str, path) -> Any:
         raise InputError(path, f"{what} is nested too deeply") from None
     except UnicodeEncodeError:
         raise InputError(path, f"{what} holds invalid Unicode (lone surrogates): corrupt file") from None
-    stack = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > _MAX_JSON_DEPTH:
-            raise InputError(path, f"{what} is nested more than {_MAX_JSON_DEPTH} levels deep")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    if depth_exceeds(obj):
+        raise InputError(path, f"{what} is nested too deeply (more than {MAX_DEPTH} levels)")
     return obj
 
 
@@ -670,21 +665,55 @@ class _ZipWindow(io.RawIOBase):
         return len(data)
 
 
+
 def _open_member(src, zf: zipfile.ZipFile, name: str):
-    """A seekable file object for one zip member, without copying stored members. ``src``:
-    the archive's fileset.Handle."""
+    """A seekable file object for one zip member: a window on a stored member's bytes (nothing
+    copied), else the member decompressed into a temporary file by a bounded stream (a deflated
+    member can be a bomb: memory never holds more than one step of it). ``src``: the archive's
+    fileset.Handle."""
     zpath = src.path
     info = zf.getinfo(name)
-    if info.compress_type == zipfile.ZIP_STORED:
-        header = os.pread(src.fd, 30, info.header_offset)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
-            raise InputError(zpath, f"bad local header for {name} in the zip archive")
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        start = info.header_offset + 30 + name_len + extra_len
-        if start + info.file_size > src.size:
-            raise InputError(zpath, f"{name} runs past the end of the archive: truncated")
-        return _ZipWindow(src, start, info.file_size)
-    return io.BytesIO(zf.read(name))
+    if info.compress_type != zipfile.ZIP_STORED:
+        def check_head(head: bytes) -> None:
+            eof = hdf5_eof(head)
+            if eof is None:
+                raise InputError(zpath, f"member {name} is not an HDF5 file (no HDF5 signature)")
+            if info.file_size > eof:
+                raise InputError(zpath, f"compressed member {name} expands beyond the {eof:,} bytes its "
+                                 f"HDF5 superblock declares (to {info.file_size:,}): corrupt or hostile archive")
+        return zipmember.extract_member(src, zf, name, check_head)
+    start = zipmember.data_start(src, info)
+    if start + info.file_size > src.size:
+        raise InputError(zpath, f"{name} runs past the end of the archive: truncated")
+    return _ZipWindow(src, start, info.file_size)
+
+
+def hdf5_eof(head: bytes) -> int | None:
+    """The file size an HDF5 file's superblock declares (its base address + end-of-file address),
+    from the file's first bytes; None without a signature there (at 0, 512, 1024, ...)."""
+    at = 0
+    while at + 8 <= len(head) and head[at:at + 8] != HDF5_MAGIC:
+        at = at * 2 or 512
+    if at + 9 > len(head):
+        return None
+    version = head[at + 8]
+    if version in (0, 1):
+        width, fields = head[at + 13], at + (24 if version == 0 else 28)
+    elif version in (2, 3):
+        width, fields = head[at + 9], at + 12
+    else:
+        return None
+    if width not in (2, 4, 8) or fields + 3 * width > len(head):
+        return None
+    base = int.from_bytes(head[fields:fields + width], "little")
+    eof = int.from_bytes(head[fields + 2 * width:fields + 3 * width], "little")
+    return base + eof
+
+
+
+def _read_json_member(src, zf: zipfile.ZipFile, name: str) -> Any:
+    text = zipmember.read_member(src, zf, name, MAX_JSON_MEMBER).decode("utf-8")
+    return _loads_config(text, name, src.path)
 
 
 class KerasArchiveReader(KerasH5Reader):
@@ -707,10 +736,8 @@ class KerasArchiveReader(KerasH5Reader):
                     weights = ["model.weights.h5"]
                 if not weights:
                     raise InputError(p, ".keras archive has no model.weights.h5")
-                config = _loads_config(zf.read("config.json").decode("utf-8"), "config.json", p)
-                metadata = None
-                if "metadata.json" in names:
-                    metadata = _loads_config(zf.read("metadata.json").decode("utf-8"), "metadata.json", p)
+                config = _read_json_member(src, zf, "config.json")
+                metadata = _read_json_member(src, zf, "metadata.json") if "metadata.json" in names else None
                 fobj = _open_member(src, zf, weights[0])
         except InputError:
             fileset.close()

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import InputError
+from . import zipmember
 from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
 from .base import NumpyReader
@@ -65,7 +66,7 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
                          f"would need pickle, which ckptfix refuses{needs}")
     if dtype.names is not None or dtype.subdtype is not None:
         raise InputError(path, f"{what} has a structured dtype {dtype}, not a tensor")
-    if any(not isinstance(s, int) or s < 0 for s in shape):
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in shape):  # (True,) too
         raise InputError(path, f"{what}: invalid shape {shape}")
     # numpy cannot make such an array even when a 0 makes it empty (found by fuzzing: reshape
     # raised "Maximum allowed dimension exceeded" for (0, 2**63, 3)); a non-empty one is
@@ -120,7 +121,8 @@ class NpzReader(NumpyReader):
         self._metas: dict[str, TensorMeta] = {}
         self._members: dict[str, str] = {}
         self._info: dict[str, tuple] = {}
-        self._fp = self.fileset.open(self.path).file()  # the zip reads through the set's file
+        self._handle = self.fileset.open(self.path)
+        self._fp = self._handle.file()  # the zip reads through the set's file
         try:
             self._zip = zipfile.ZipFile(self._fp)
         except _ERRORS as e:
@@ -135,10 +137,12 @@ class NpzReader(NumpyReader):
                 name = member[: -len(".npy")] if member.endswith(".npy") else member
                 if name in self._members:
                     raise InputError(self.path, f"duplicate member {member!r}")
+                zipmember.check_declared(self.path, info)  # before a byte is decompressed
                 with self._zip.open(info) as fp:
                     shape, fortran, dtype = _read_header(fp, self.path, f"member {member!r}")
+                    data_at = fp.tell()
                 self._members[name] = member
-                self._info[name] = (shape, fortran, dtype)
+                self._info[name] = (shape, fortran, dtype, data_at)
                 self._metas[name] = TensorMeta(shape=shape,
                                                dtype=_canonical(self.path, f"member {member!r}",
                                                                 dtype))
@@ -158,20 +162,29 @@ class NpzReader(NumpyReader):
         if name not in self._members:
             raise KeyError(name)
         member = self._members[name]
-        shape, fortran, dtype = self._info[name]
-        count = self._metas[name].numel
+        shape, fortran, dtype, data_at = self._info[name]
+        need = self._metas[name].nbytes
+        info = self._zip.getinfo(member)
+        if info.file_size < data_at + need:  # the zip's size and the .npy header's disagree
+            raise InputError(self.path, f"member {member!r} is truncated ({max(0, info.file_size - data_at)} "
+                             f"of {need} data bytes)")
         try:
-            with self._zip.open(member) as fp:
-                _read_header(fp, self.path, f"member {member!r}")
-                data = fp.read(count * dtype.itemsize)
+            data = bytearray(need)
+        except MemoryError:
+            raise InputError(self.path, f"not enough memory to read member {member!r} ({need:,} bytes)") from None
+        try:
+            # a bounded stream: never more than the declared bytes, one step in memory at a time
+            pos = 0
+            for chunk in zipmember.iter_member(self._handle, self._zip, info):
+                lo, hi = max(data_at - pos, 0), min(len(chunk), data_at + need - pos)
+                if lo < hi:
+                    data[pos + lo - data_at:pos + hi - data_at] = chunk[lo:hi]
+                pos += len(chunk)
         except InputError:
             raise
         except _ERRORS as e:
             raise InputError(self.path, f"cannot read member {member!r} "
                              f"({_one_line(e)}): corrupt archive") from None
-        if len(data) != count * dtype.itemsize:
-            raise InputError(self.path, f"member {member!r} is truncated ({len(data)} of "
-                             f"{count * dtype.itemsize} data bytes)")
         arr = np.frombuffer(data, dtype=dtype)
         arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
         return _finish(arr, fortran)

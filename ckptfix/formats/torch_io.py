@@ -208,6 +208,42 @@ def _zip_records(path: Path) -> tuple[dict[int, zipfile.ZipInfo], str | None]:
     return records, byteorder
 
 
+def check_zip_members(path: Path) -> None:
+    """Bound what reading this zip can decompress, from the sizes it declares, before torch (or
+    zipfile) decompresses anything: torch allocates a record's declared size and reads data.pkl and
+    the small records whole (a deflated data.pkl of 1 MiB can declare 1 GiB). Storage records are
+    read only when the checkpoint is loaded whole, one declared storage size at a time."""
+    from . import zipmember
+    from ..limits import MAX_PICKLE_MEMBER, MAX_SMALL_RECORD
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except Exception:  # noqa: BLE001 - not a readable zip: torch.load reports it
+        return
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED:
+            continue  # read as it is in the file: torch checks it against the file's size
+        last = info.filename.rsplit("/", 1)[-1]
+        limit = MAX_PICKLE_MEMBER if last.endswith(".pkl") else \
+            MAX_SMALL_RECORD if last in _SMALL_RECORDS or info.filename.startswith(".data/") else None
+        zipmember.check_declared(path, info, limit)
+
+
+def refuse_deep(container, path: Path) -> None:
+    """Refuse a loaded container nested more than ``MAX_DEPTH`` levels (a list 2,000 deep is a
+    few KB of pickle): walking, materializing or saving it would exhaust Python's recursion."""
+    from ..limits import MAX_DEPTH, depth_exceeds
+
+    if depth_exceeds(container, MAX_DEPTH):
+        raise InputError(path, f"its pickle is nested too deeply (more than {MAX_DEPTH} levels): "
+                         "corrupt or hostile file")
+
+
+# the records of a torch zip besides the pickle and the storages (all read whole)
+_SMALL_RECORDS = ("byteorder", "version", ".format_version", ".storage_alignment", "serialization_id")
+
+
 class TorchReader(Reader):
     format = "pt"
 
@@ -226,9 +262,11 @@ class TorchReader(Reader):
         self._inert: dict[str, type] = {}  # global name -> its placeholder class (pickles.Inert)
         self._records: dict[int, zipfile.ZipInfo] = {}
         if not legacy:
+            check_zip_members(self.path)  # before anything decompresses a member (torch or zipfile)
             self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
         self.container = self._load("cpu" if legacy else "meta")
+        refuse_deep(self.container, self.path)  # every walker below (and torch.save) recurses
         if legacy:
             self._check_legacy_storages()
         self.state_path = find_state_dict(self.container, state_key, self.path)

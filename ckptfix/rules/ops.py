@@ -24,6 +24,28 @@ def _axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
+# the largest finite value of each floating dtype (torch refuses to fill a tensor beyond it)
+_FLOAT_MAX = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38,
+              "bfloat16": 3.3895313892515355e38, "float16": 65504.0, "float8_e4m3fn": 448.0,
+              "float8_e5m2": 57344.0, "complex64": 3.4028234663852886e38}
+
+
+def value_fits(value: float, dtype: str) -> bool:
+    """Whether ``value`` is a finite number that ``dtype`` holds exactly enough to be filled with:
+    in range for floats; an integer in range for integer dtypes; 0 or 1 for bool."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    if dtype in _FLOAT_MAX:
+        return abs(value) <= _FLOAT_MAX[dtype]
+    if value != int(value):
+        return False
+    if dtype == "bool":
+        return value in (0, 1)
+    bits = 8 * dtypes.get(dtype).itemsize
+    lo, hi = (0, 2**bits - 1) if dtype.startswith("uint") else (-2**(bits - 1), 2**(bits - 1) - 1)
+    return lo <= value <= hi
+
+
 def _fmt(v) -> str:
     return "" if v is None else str(v)
 
@@ -226,6 +248,8 @@ class Pad(Op):
             raise OpError(f"fill {self.fill!r} needs a floating-point tensor, got {meta.dtype}")
         if self.fill in ("mean", "repeat") and n == 0:
             raise OpError(f"fill {self.fill!r} needs existing slices along axis {self.axis}")
+        if self.fill == "constant" and not value_fits(self.value, meta.dtype):
+            raise OpError(f"fill value {self.value:g} does not fit dtype {meta.dtype}")
         shape = list(meta.shape)
         shape[ax] = self.size
         return meta.with_shape(shape)
@@ -289,6 +313,8 @@ class FlattenOrder(Op):
 
     def shape(self, meta):
         ax = _axis(self.axis, meta.rank)
+        if any(d <= 0 for d in self.hwc):
+            raise OpError(f"hwc {list(self.hwc)}: H, W and C must be positive")
         if meta.shape[ax] != math.prod(self.hwc):
             h, w, c = self.hwc
             raise OpError(f"axis {self.axis} has {meta.shape[ax]} features, but H*W*C = {h}*{w}*{c} = {math.prod(self.hwc)}")
@@ -315,6 +341,8 @@ class AddScalar(Op):
     def shape(self, meta):
         if not dtypes.get(meta.dtype).floating:
             raise OpError(f"needs a floating-point tensor, got {meta.dtype}")
+        if not value_fits(self.value, meta.dtype):
+            raise OpError(f"adding {self.value:g} overflows dtype {meta.dtype}")
         return meta
 
     def data(self, t):
@@ -351,6 +379,8 @@ class Constant(Op):
     value: float = 0.0
 
     def shape(self, meta=None):
+        if not value_fits(self.value, self.meta.dtype):
+            raise OpError(f"value {self.value:g} does not fit dtype {self.meta.dtype}")
         return self.meta
 
     def data(self, t=None):

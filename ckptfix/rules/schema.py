@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .. import dtypes
 from ..errors import RulesError
-from .ops import FILLS
+from ..limits import MAX_DEPTH
+from .ops import FILLS, value_fits
 
 Keys = Union[str, list[str]]
 KEYS_DOC = "regular expression(s) searched in each tensor name (anchor with ^ and $)"
@@ -102,8 +103,8 @@ class PadOp(_Model):
     axis: int = 0
     size: int = Field(ge=0)
     fill: Literal[FILLS] = "zeros"  # the op's list: one place
-    value: float | None = Field(None, description="fill: constant")
-    std: float | None = Field(None, description="fill: normal (default 0.02)")
+    value: float | None = Field(None, description="fill: constant", allow_inf_nan=False)
+    std: float | None = Field(None, description="fill: normal (default 0.02)", allow_inf_nan=False)
     seed: int = Field(0, description="fill: normal/default")
 
     @model_validator(mode="after")
@@ -128,7 +129,8 @@ class FlattenOrderOp(_Model):
     (C, H, W). Apply to the PyTorch-layout weight (out, H*W*C), i.e. after IO->OI (axis 1)."""
 
     keys: Keys = Field(description=KEYS_DOC)
-    hwc: list[int] = Field(min_length=3, max_length=3, description="the feature map's (H, W, C) before Flatten")
+    hwc: list[Annotated[int, Field(ge=1)]] = Field(min_length=3, max_length=3,
+                                                   description="the feature map's (H, W, C) before Flatten")
     axis: int = 1
     classes: list[str] | None = Field(None, description=CLASSES_DOC)
 
@@ -138,8 +140,8 @@ class BnEpsOp(_Model):
     a layer with eps ``to`` computes what the source computed with eps ``from``."""
 
     keys: Keys = Field(description=KEYS_DOC + " (the running variance tensors)")
-    from_eps: float = Field(alias="from", gt=0)
-    to_eps: float = Field(alias="to", gt=0)
+    from_eps: float = Field(alias="from", gt=0, allow_inf_nan=False)
+    to_eps: float = Field(alias="to", gt=0, allow_inf_nan=False)
 
 
 class AddOp(_Model):
@@ -155,8 +157,7 @@ class AddOp(_Model):
     def _dtype(self):
         if self.dtype not in dtypes.BY_NAME:
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        if not dtypes.get(self.dtype).floating and (self.value != self.value or abs(self.value) == float("inf")
-                                                    or self.value != int(self.value)):
+        if not value_fits(self.value, self.dtype):
             raise ValueError(f"value {self.value} does not fit dtype {self.dtype}")
         return self
 
@@ -242,6 +243,22 @@ def _lines(node, path=(), out=None) -> dict[tuple, int]:
     return out
 
 
+def _deeper_than(node, limit: int) -> bool:
+    """Whether the YAML node tree nests more than ``limit`` levels (iterative; an alias is a shared
+    node, visited once)."""
+    stack, seen = [(node, 1)], set()
+    while stack:
+        n, depth = stack.pop()
+        if depth > limit:
+            return True
+        if id(n) in seen or not isinstance(n, (yaml.MappingNode, yaml.SequenceNode)):
+            continue
+        seen.add(id(n))
+        children = [v for kv in n.value for v in kv] if isinstance(n, yaml.MappingNode) else n.value
+        stack.extend((c, depth + 1) for c in children)
+    return False
+
+
 class _TooBig(Exception):
     pass
 
@@ -265,7 +282,11 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         raise RulesError(f"invalid YAML: {e.problem or e.context}", source=source, line=line) from None
     except yaml.YAMLError as e:
         raise RulesError(f"invalid YAML: {e}", source=source) from None
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise RulesError("YAML nested too deeply (more than Python's recursion limit)", source=source) from None
     try:
+        if node is not None and _deeper_than(node, MAX_DEPTH):
+            raise RulesError(f"YAML nested too deeply (more than {MAX_DEPTH} levels)", source=source)
         lines = _lines(node) if node is not None else {}
     except _Dup as d:
         raise RulesError(f"duplicate key {d.key!r}", source=source, line=d.line) from None
