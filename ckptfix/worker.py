@@ -16,6 +16,8 @@ parent records it and renames it into place.
 
 ``CKPTFIX_WORKER_FAULT=substring:kind`` (kind: segv, abort, hang, exit) makes the worker fail that
 way on an input whose path contains ``substring``: fault injection for the isolation tests.
+``CKPTFIX_WORKER_SLOW_START=seconds`` delays the ready line (a worker importing torch on a busy
+machine): deadlines must not count it.
 """
 
 from __future__ import annotations
@@ -232,6 +234,7 @@ def main() -> None:
     _limit_memory(settings.max_memory)
     cache: dict = {}
     _warm_up(settings, first["digest"], cache)
+    time.sleep(float(os.environ.get("CKPTFIX_WORKER_SLOW_START") or 0))
     proto.write(json.dumps({"ready": os.getpid()}) + "\n")
     while True:
         job = json.loads(inbox.get())["job"]
