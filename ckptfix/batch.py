@@ -323,8 +323,9 @@ def locked(out_dir: Path, timeout: float | None = None, on_wait: Callable[[str],
                 on_wait(f"waiting for {who} holding {path}")
                 told = True
             time.sleep(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with contextlib.suppress(OSError):  # the pid is for the message only (a full disk: none)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
