@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,8 +268,6 @@ def publish(staged: Path, dest: Path) -> None:
             os.replace(aside, dest)
             raise
         fsync_dir(dest.parent)
-        import shutil
-
         shutil.rmtree(aside, ignore_errors=True)
         return
     os.replace(staged, dest)
@@ -278,8 +277,6 @@ def publish(staged: Path, dest: Path) -> None:
 def remove_staged(staged: Path) -> None:
     with contextlib.suppress(OSError):
         if staged.is_dir() and not staged.is_symlink():
-            import shutil
-
             shutil.rmtree(staged)
         else:
             staged.unlink()
