@@ -12,16 +12,33 @@ replaced, and the batch goes on.
 Resuming: every finished output is recorded in ``OUT_DIR/.ckptfix-manifest.jsonl`` with the
 sha256 of its input and of itself, a digest of the rules and options, and the ckptfix version.
 Rerunning the same command skips an output whose record matches all four and whose bytes still
-hash to the recorded sha256, and redoes the rest (an output it recorded may be replaced; any other
-existing file needs ``--force``).
+hash to the recorded sha256, and redoes the rest.
+
+Record before publish: a worker writes its output under a temporary name (``staged``, named with
+the parent's pid); the parent appends the output's record to the manifest (fsynced) and only then
+renames the file into place. So a kill -9 at any moment leaves in the out-dir only files the
+manifest describes, plus temporary files of a dead process that the next run removes.
+
+Ownership: a record is not permission to overwrite. A file at an output path is ckptfix's only if
+its bytes hash to a sha256 the manifest recorded for that path; any other file is the user's and
+needs ``--force``.
+
+Concurrency: a run holds ``OUT_DIR/.ckptfix-lock`` (flock, with its pid inside) from before it
+reads the manifest until its last output is published. A second run into the same out-dir waits
+for it (``lock_timeout`` bounds the wait), then finds the first run's outputs up to date. The lock
+dies with its process: there are no stale locks. Workers die with the parent (PR_SET_PDEATHSIG on
+Linux; everywhere, a worker exits when its stdin reaches EOF or its parent changes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,16 +49,18 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_OK, UsageError
-from .formats.atomic import TMP_PREFIX
+from .errors import EXIT_BAD_INPUT, EXIT_OK, CkptfixError, UsageError
+from .formats.atomic import TMP_PREFIX, clean_stale, fsync_dir, temp_path_for
 from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_path
 
 MANIFEST = ".ckptfix-manifest.jsonl"
+LOCK = ".ckptfix-lock"
 # what --recursive picks up in a directory (a directory holding an HF index is one checkpoint)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".h5", ".hdf5", ".keras",
                        ".npz", ".npy", ".index")
 DEFAULT_TIMEOUT = 1800.0  # seconds per input; a 100 GB checkpoint streams in a few minutes here
+STARTUP_TIMEOUT = 600.0  # seconds a worker may take to import torch and say it is ready
 
 
 @dataclass
@@ -56,11 +75,20 @@ class Settings:
     shard_size: int | None = None
     state_key: str | None = None
     allow_globals: list[str] = field(default_factory=list)
+    allow_outside_files: bool = False
     force: bool = False
     dry_run: bool = False
     verify: bool = False
     max_memory: int | None = None
     threads: int | None = None
+
+    def options(self):
+        """The reading options every input of the batch is opened with (a worker is the
+        isolation, so no reader child)."""
+        from .api import Options
+
+        return Options(state_key=self.state_key, allow_globals=tuple(self.allow_globals),
+                       allow_outside_files=self.allow_outside_files)
 
     def digest(self) -> str:
         """What makes an output what it is, besides its input: rules (as loaded, includes and
@@ -74,7 +102,8 @@ class Settings:
                "target_file": _file_digest(self.target or rules.target, rules.base_dir),
                "target_kwargs": self.target_kwargs or rules.target_kwargs,
                "layer_classes": rules.layer_classes, "fmt": self.fmt, "shard_size": self.shard_size,
-               "state_key": self.state_key, "allow_globals": sorted(self.allow_globals)}
+               "state_key": self.state_key, "allow_globals": sorted(self.allow_globals),
+               "allow_outside_files": self.allow_outside_files}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -99,6 +128,8 @@ class Job:
     output: str | None  # None for check and dry runs
     key: str | None = None  # the output's path under the out-dir: the manifest key
     previous: dict | None = None  # the manifest record for this output, if any
+    known: list[str] = field(default_factory=list)  # every output sha256 recorded for this key
+    staged: str | None = None  # where the worker writes the output; the parent publishes it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +187,7 @@ def output_name(rel: Path, fmt: str | None, is_dir: bool) -> Path:
 
 def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path | None, fmt: str | None) -> list[Job]:
     """One job per input; two inputs that would write the same output are refused up front."""
-    manifest = read_manifest(out_dir) if out_dir is not None else {}
+    history = read_manifest(out_dir) if out_dir is not None else {}
     jobs, seen = [], {}
     for i, (inp, rel) in enumerate(inputs):
         if out_dir is None:
@@ -167,7 +198,9 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path | None, fmt: str | 
             raise UsageError(f"{inp} and {seen[key]} would both be written to {out_dir / key}; "
                              "give them separate runs or rename one")
         seen[key] = inp
-        jobs.append(Job(i, str(inp), str(out_dir / key), key, manifest.get(key)))
+        recs = history.get(key, [])
+        jobs.append(Job(i, str(inp), str(out_dir / key), key, recs[-1] if recs else None,
+                        [r["output_sha256"] for r in recs if r.get("output_sha256")]))
     return jobs
 
 
@@ -175,15 +208,16 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path | None, fmt: str | 
 # the manifest
 
 
-def read_manifest(out_dir: Path) -> dict[str, dict]:
-    """Output key -> its last record. Lines that do not parse (a run killed mid-line) are ignored."""
-    records: dict[str, dict] = {}
+def read_manifest(out_dir: Path) -> dict[str, list[dict]]:
+    """Output key -> its records, oldest first. Lines that do not parse (a run killed mid-line)
+    are ignored."""
+    records: dict[str, list[dict]] = {}
     try:
-        with open(out_dir / MANIFEST, encoding="utf-8") as f:
+        with open(out_dir / MANIFEST, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     rec = json.loads(line)
-                    records[rec["key"]] = rec
+                    records.setdefault(rec["key"], []).append(rec)
                 except (ValueError, KeyError, TypeError):
                     continue
     except FileNotFoundError:
@@ -194,20 +228,114 @@ def read_manifest(out_dir: Path) -> dict[str, dict]:
 
 
 def append_manifest(out_dir: Path, rec: dict) -> None:
-    line = json.dumps(rec, sort_keys=True) + "\n"
-    with open(out_dir / MANIFEST, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record, fsynced. A failed append (full disk, file-size limit) is cut back off, so
+    the manifest never ends in half a line that the next record would be glued to."""
+    path = out_dir / MANIFEST
+    data = (json.dumps(rec, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":  # a line cut short by a kill
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
-def up_to_date(job: Job, input_sha: str, digest: str) -> bool:
+def up_to_date(job: Job, input_sha: str, output_sha: str | None, digest: str) -> bool:
+    """The output recorded last for this path, made from these input bytes by these rules and
+    options and this version, is still there, byte for byte."""
     prev = job.previous
-    if not prev or job.output is None or not Path(job.output).exists():
+    if not prev or output_sha is None:
         return False
-    if (prev.get("input_sha256"), prev.get("digest"), prev.get("version")) != (input_sha, digest, __version__):
-        return False
-    return sha256_path(Path(job.output)) == prev.get("output_sha256")
+    return (prev.get("input_sha256"), prev.get("digest"), prev.get("version"), prev.get("output_sha256")) \
+        == (input_sha, digest, __version__, output_sha)
+
+
+def owned(job: Job, output_sha: str | None) -> bool:
+    """Whether the file at the job's output path is one ckptfix recorded there (and so may be
+    replaced without --force). A record alone is not enough: the bytes must be the recorded ones."""
+    return output_sha is not None and output_sha in job.known
+
+
+def publish(staged: Path, dest: Path) -> None:
+    """Rename a staged output into place (a directory output: the old one is moved aside first
+    and removed once the new one is in place)."""
+    if staged.is_dir() and dest.is_dir() and not dest.is_symlink():
+        aside = temp_path_for(dest)
+        os.replace(dest, aside)
+        try:
+            os.replace(staged, dest)
+        except OSError:
+            os.replace(aside, dest)
+            raise
+        fsync_dir(dest.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    os.replace(staged, dest)
+    fsync_dir(dest.parent)
+
+
+def remove_staged(staged: Path) -> None:
+    with contextlib.suppress(OSError):
+        if staged.is_dir() and not staged.is_symlink():
+            shutil.rmtree(staged)
+        else:
+            staged.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# the out-dir lock
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(os.pread(fd, 32, 0).decode().strip() or "x")
+        return f"ckptfix pid {pid}"
+    return "another ckptfix process"
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path, timeout: float | None = None, on_wait: Callable[[str], None] = lambda m: None):
+    """Hold ``OUT_DIR/.ckptfix-lock`` (flock; our pid inside). If another run holds it, call
+    ``on_wait`` once with who holds it and wait for it, at most ``timeout`` seconds (None: as long
+    as it runs; 0: fail at once). The kernel drops the lock when its process dies."""
+    path = out_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot create the out-dir lock: {e.strerror}") from None
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            who = _holder(fd)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise UsageError(f"{path}: {who} holds this out-dir (waited {timeout:g} s; "
+                                 "--lock-timeout sets how long to wait)")
+            if not told:
+                on_wait(f"waiting for {who} holding {path}")
+                told = True
+            time.sleep(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
+        with contextlib.suppress(OSError):  # the pid is for the message only (a full disk: none)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,14 +343,19 @@ def up_to_date(job: Job, input_sha: str, digest: str) -> bool:
 
 
 class _Worker:
+    """One ``python -m ckptfix.worker``. It says ``{"ready": pid}`` once torch and ckptfix are
+    imported; only then is it given a job, and the job's deadline starts when it is given."""
+
     def __init__(self, settings: Settings, digest: str) -> None:
         self.log = tempfile.TemporaryFile(prefix="ckptfix-worker-")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", CKPTFIX_PARENT_PID=str(os.getpid()))
         self.proc = subprocess.Popen([sys.executable, "-m", "ckptfix.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      start_new_session=True)  # Ctrl-C goes to the parent only
         self.buf = b""
         self.job: Job | None = None
+        self.ready = False
+        self.startup_deadline = time.monotonic() + STARTUP_TIMEOUT
         self.deadline = 0.0
         self.started = 0.0
         self._send({"settings": asdict(settings), "digest": digest})
@@ -275,28 +408,71 @@ def failure(job: Job, error: str, seconds: float, code: int = EXIT_BAD_INPUT) ->
             "exit_code": code, "error": f"{job.input}: {error}", "seconds": round(seconds, 4)}
 
 
+def _fault_point(stage: str, job: Job) -> None:
+    """``CKPTFIX_BATCH_FAULT=stage:substring`` kills this (parent) process with SIGKILL at
+    ``stage`` (staged, recorded, published) of the output whose input path contains substring:
+    fault injection for the resume tests."""
+    spec = os.environ.get("CKPTFIX_BATCH_FAULT", "")
+    if spec.partition(":")[0] == stage and spec.partition(":")[2] in job.input:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def settle(out_dir: Path, job: Job, rec: dict, digest: str) -> tuple[dict, bool]:
+    """What the parent does with a worker's answer in an out-dir: record the staged output in the
+    manifest, then rename it into place (record before publish). Returns the record and whether
+    the batch must stop (the manifest cannot be written: nothing more could be published). An
+    output that is not published is removed, so nothing undescribed is left in the out-dir."""
+    staged, dest = Path(job.staged), Path(job.output)
+    if rec["status"] != "done" or not rec.get("output_sha256"):
+        remove_staged(staged)
+        return rec, False
+    _fault_point("staged", job)
+    try:
+        append_manifest(out_dir, {"key": job.key, "input": job.input, "input_sha256": rec["input_sha256"],
+                                  "output_sha256": rec["output_sha256"], "digest": digest,
+                                  "version": __version__})
+    except OSError as e:
+        remove_staged(staged)
+        bad = failure(job, "", rec.get("seconds") or 0.0)
+        bad["error"] = (f"{out_dir / MANIFEST}: cannot record {dest}: {e.strerror or e}; the batch stopped "
+                        f"and {dest} was not put in place (its old file, if any, is unchanged)")
+        return bad, True
+    _fault_point("recorded", job)
+    try:
+        publish(staged, dest)
+    except OSError as e:
+        remove_staged(staged)
+        return failure(job, f"{dest}: cannot put the output in place: {e.strerror or e}",
+                       rec.get("seconds") or 0.0), False
+    _fault_point("published", job)
+    return rec, False
+
+
 def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float = DEFAULT_TIMEOUT,
         keep_going: bool = True, on_record: Callable[[dict], None] = lambda r: None,
         out_dir: Path | None = None) -> list[dict]:
     """Run ``jobs`` on ``workers`` processes; call ``on_record`` with each record as it arrives
     (in completion order). Returns the records in input order; inputs never started (after a
-    failure, without ``keep_going``) get status "not run"."""
+    failure, without ``keep_going``) get status "not run". With ``out_dir``, the caller holds its
+    lock (``locked``): outputs are staged, recorded, then published (``settle``)."""
     digest = settings.digest()
     pending = list(jobs)
     records: dict[int, dict] = {}
     pool: list[_Worker] = []
-    stopping = False
+    stopping = aborted = False
     sel = selectors.DefaultSelector()
+    out_dirs = {Path(j.output).parent for j in jobs} if out_dir is not None else set()
+    for d in out_dirs:
+        clean_stale(d)  # what a killed run left (no live run can own it: we hold the lock)
 
     def finish(w: _Worker, rec: dict) -> None:
-        nonlocal stopping
+        nonlocal stopping, aborted
         job = w.job
         w.job = None
+        if job.staged is not None:
+            rec, fatal = settle(out_dir, job, rec, digest)
+            stopping = aborted = stopping or fatal
         records[job.index] = rec
-        if rec["status"] == "done" and out_dir is not None and rec.get("output_sha256"):
-            append_manifest(out_dir, {"key": job.key, "input": job.input, "input_sha256": rec["input_sha256"],
-                                      "output_sha256": rec["output_sha256"], "digest": digest,
-                                      "version": __version__})
         if rec["status"] == "failed" and not keep_going:
             stopping = True
         on_record(rec)
@@ -308,6 +484,8 @@ def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float
 
     def retire(w: _Worker, why: str | None) -> None:
         """Fail the worker's input (if any) for ``why``, stop it, start another if work is left."""
+        if not w.ready and w.job is None:
+            raise CkptfixError(f"a ckptfix worker could not start: {w.last_words() or w.death()}")
         if w.job is not None:
             finish(w, failure(w.job, why or w.death(), time.monotonic() - w.started))
         w.kill()
@@ -317,39 +495,57 @@ def run(jobs: list[Job], settings: Settings, *, workers: int = 1, timeout: float
         if pending and not stopping:
             spawn()
 
+    def give(w: _Worker, job: Job) -> None:
+        if out_dir is not None and job.output is not None and not settings.dry_run:
+            job.staged = str(temp_path_for(Path(job.output)))  # our pid: stale once we are gone
+        w.give(job, timeout)
+
     try:
         for _ in range(max(1, min(workers, len(jobs)))):
             spawn()
-        while True:
+        while not aborted:
             for w in list(pool):
-                if w.job is None and pending and not stopping:
+                if w.ready and w.job is None and pending and not stopping:
                     try:
-                        w.give(pending.pop(0), timeout)
+                        give(w, pending.pop(0))
                     except OSError:  # it died before taking the job
                         retire(w, None)
             busy = [w for w in pool if w.job is not None]
-            if not busy:
+            starting = [w for w in pool if not w.ready] if pending and not stopping else []
+            if not busy and not starting:
                 break
-            wait = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            for key, _ in sel.select(timeout=wait):
+            due = min([w.deadline for w in busy] + [w.startup_deadline for w in starting])
+            for key, _ in sel.select(timeout=max(0.0, due - time.monotonic())):
                 w = key.data
                 chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
                 if not chunk:  # the worker died
                     retire(w, None)
                     continue
                 w.buf += chunk
-                while b"\n" in w.buf and w.job is not None:
+                while b"\n" in w.buf:
                     line, w.buf = w.buf.split(b"\n", 1)
-                    finish(w, json.loads(line))
+                    msg = json.loads(line)
+                    if "ready" in msg:
+                        w.ready = True
+                    elif w.job is not None:
+                        finish(w, msg)
             now = time.monotonic()
             for w in [w for w in pool if w.job is not None and now >= w.deadline]:
                 retire(w, f"timed out after {timeout:g} s (the worker was killed)")
+            for w in [w for w in starting if not w.ready and now >= w.startup_deadline]:
+                w.kill()
+                raise CkptfixError(f"a ckptfix worker did not start within {STARTUP_TIMEOUT:g} s"
+                                   + (f"; its last output: {w.last_words()}" if w.last_words() else ""))
     finally:
         for w in pool:
             if w.job is not None:
                 w.kill()
+                if w.job.staged:
+                    remove_staged(Path(w.job.staged))
             w.stop()
         sel.close()
+        for d in out_dirs:
+            clean_stale(d)  # temporary files of workers killed above
     for job in jobs:
         records.setdefault(job.index, {"input": job.input, "output": job.output, "status": "not run",
                                        "ok": False, "exit_code": EXIT_OK, "error": None})

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -27,6 +28,10 @@ def _err(msg: str) -> None:
 
 def _warn(msg: str) -> None:
     print(f"ckptfix: warning: {msg}", file=sys.stderr)
+
+
+def _note(msg: str) -> None:
+    print(f"ckptfix: {msg}", file=sys.stderr, flush=True)
 
 
 def _run(fn, *args, **kwargs) -> int:
@@ -268,6 +273,7 @@ Jobs = typer.Option(None, "--jobs", "-j", help="Worker processes (batch mode; de
 Timeout = typer.Option(None, "--timeout", help=f"Seconds allowed per input in batch mode (default {DEFAULT_TIMEOUT:g}).")
 MaxMemory = typer.Option(None, "--max-memory", help="Memory cap per worker process, e.g. 8GB (default: RAM / jobs).")
 Report = typer.Option(None, "--report", help="Write one JSON object per input to this file (JSON Lines).")
+LockTimeout = typer.Option(None, "--lock-timeout", help="Seconds to wait for another run holding the --out-dir (default: as long as it runs; 0: fail at once).")
 
 
 @app.command()
@@ -285,7 +291,7 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
           keep_going: bool = typer.Option(False, "--keep-going", help="With several inputs, go on after a failure."),
           recursive: bool = Recursive, jobs: Optional[int] = Jobs, timeout: Optional[float] = Timeout,
           max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report,
-          quiet: bool = Quiet,
+          lock_timeout: Optional[float] = LockTimeout, quiet: bool = Quiet,
           as_json: bool = Json, state_key: Optional[str] = StateKey,
           allow_global: Optional[List[str]] = AllowGlobal, allow_outside: bool = AllowOutside) -> None:
     """Apply rules, validating shapes and parameter counts after every step, then write atomically."""
@@ -309,15 +315,12 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
         if odir is not None or jobs is not None or report is not None or recursive:
             from .batch import Settings
 
-            if allow_outside:
-                raise UsageError("--allow-outside-files is for single-file runs (not batch mode)")
-
             settings = Settings(command="apply", rules=list(rules or []), target=target,
                                 target_kwargs=_kwargs(target_kwargs), fmt=fmt, shard_size=size,
                                 state_key=state_key, allow_globals=list(allow_global or []), force=force,
-                                dry_run=dry_run, verify=verify)
+                                dry_run=dry_run, verify=verify, allow_outside_files=allow_outside)
             return _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, report,
-                          keep_going, as_json, quiet)
+                          keep_going, as_json, quiet, lock_timeout)
         bar = Bar() if Bar.wanted(quiet=quiet, json=as_json) else None
         worst = EXIT_OK
         for inp in ckpts:
@@ -334,18 +337,20 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
     _exit(_run(go))
 
 
-def _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, report, keep_going, as_json, quiet):
-    """Batch mode for apply and check: workers, a record per input, a summary at the end."""
+def _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, report, keep_going, as_json, quiet,
+           lock_timeout=None):
+    """Batch mode for apply and check: workers, a record per input, a summary at the end. Into an
+    out-dir, the run holds its lock throughout (a second run waits; see batch.locked)."""
     import os
-    import time
 
     from . import batch
-    from .render import batch_line, batch_summary
 
     if jobs is not None and jobs < 1:
         raise UsageError("--jobs must be at least 1")
     if timeout is not None and timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if lock_timeout is not None and lock_timeout < 0:
+        raise UsageError("--lock-timeout must be 0 or more")
     workers = jobs or 1
     cap = parse_size(max_memory, "--max-memory")
     if cap is None:
@@ -356,9 +361,24 @@ def _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, rep
     inputs = batch.collect(ckpts, recursive)
     if not inputs:
         raise UsageError(f"no checkpoints found in {', '.join(ckpts)}")
-    if odir is not None and not settings.dry_run:
-        odir.mkdir(parents=True, exist_ok=True)
-    jobs_ = batch.plan_jobs(inputs, odir if not settings.dry_run else None, settings.fmt)
+    writing = odir is not None and not settings.dry_run
+    if writing:
+        try:
+            odir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out-dir {odir}: cannot create it: {e.strerror}") from None
+    with batch.locked(odir, lock_timeout, _note) if writing else contextlib.nullcontext():
+        return _run_batch(settings, inputs, odir if writing else None, out, workers, timeout, report,
+                          keep_going, as_json, quiet)
+
+
+def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going, as_json, quiet):
+    import time
+
+    from . import batch
+    from .render import batch_line, batch_summary
+
+    jobs_ = batch.plan_jobs(inputs, odir, settings.fmt)
     if out is not None and jobs_:
         jobs_[0].output = out
     sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
@@ -380,8 +400,7 @@ def _batch(settings, ckpts, odir, out, recursive, jobs, timeout, max_memory, rep
 
     try:
         records = batch.run(jobs_, settings, workers=workers, timeout=timeout or batch.DEFAULT_TIMEOUT,
-                            keep_going=keep_going, on_record=on_record,
-                            out_dir=odir if not settings.dry_run else None)
+                            keep_going=keep_going, on_record=on_record, out_dir=odir)
     finally:
         if sink:
             sink.close()
@@ -412,12 +431,10 @@ def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check, o
         if jobs is not None or report is not None or recursive:
             from .batch import Settings
 
-            if allow_outside:
-                raise UsageError("--allow-outside-files is for single-file runs (not batch mode)")
-
             settings = Settings(command="check", rules=list(rules or []), target=target,
                                 target_kwargs=_kwargs(target_kwargs), state_key=state_key,
-                                allow_globals=list(allow_global or []), dry_run=True)
+                                allow_globals=list(allow_global or []), dry_run=True,
+                                allow_outside_files=allow_outside)
             return _batch(settings, ckpts, None, None, recursive, jobs, timeout, max_memory, report,
                           True, as_json, quiet)
         worst = EXIT_OK

@@ -42,10 +42,12 @@ def limit_memory(cap: int | None) -> None:
 
 def die_with_parent() -> None:
     """Linux: this process gets SIGKILL when its parent dies (no orphaned readers)."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

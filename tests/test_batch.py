@@ -85,13 +85,20 @@ def test_rerun_skips_what_is_up_to_date_and_redoes_the_rest(cli, tree, tmp_path)
     assert "3 skipped" in r.stdout
 
     torch.save(ddp_state(7), tree / "sub/b.pt")           # a changed input
-    (out / "a.pt").write_bytes((out / "a.pt").read_bytes()[:-10])  # a damaged output
+    (out / "a.pt").unlink()                                # a deleted output
     r = run_batch(cli, tree, out, report)
     status = {Path(rec["input"]).name: rec["status"] for rec in records(report)}
     assert r.exit_code == 0 and status == {"a.pt": "done", "b.pt": "done", "c.pt": "skipped"}, r.stdout
     b = torch.load(out / "sub/b.pt", weights_only=True)
     assert torch.equal(b["0.weight"], ddp_state(7)["module.0.weight"])
     assert sha(out / "a.pt") == first[str(tree / "a.pt")]["output_sha256"]  # rebuilt, identical
+
+    damaged = (out / "a.pt").read_bytes()[:-10]            # a damaged output is not ours any more:
+    (out / "a.pt").write_bytes(damaged)                    # refused without --force (see
+    r = run_batch(cli, tree, out, report)                  # test_batch_resume), rebuilt with it
+    assert r.exit_code == 2 and (out / "a.pt").read_bytes() == damaged
+    assert run_batch(cli, tree, out, report, "--force").exit_code == 0
+    assert sha(out / "a.pt") == first[str(tree / "a.pt")]["output_sha256"]
 
     rules = tmp_path / "other.yaml"                        # other rules: everything is redone
     rules.write_text("ckptfix: 1\nrules:\n  - strip_prefix: module.\n  - rename: {pattern: '^0\\.', replace: 'first.'}\n")

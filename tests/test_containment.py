@@ -387,3 +387,25 @@ def test_batch_out_dir_onto_input_files_is_refused(cli, tmp_path):
     res = api.apply_file(prefix, [], Path(f"{prefix}.index"), force=True, fmt="safetensors")
     assert not res.ok and res.exit_code == 2 and "overwrite" in res.error
     assert _snapshot(d) == before
+
+
+def test_batch_mode_refuses_reads_outside_unless_allowed(cli, tmp_path):
+    """The same rule in batch workers: the input fails with the reason, the batch goes on; the
+    opt-in travels to the workers."""
+    root = tmp_path / "ckpts"
+    d = hf_sharded(root / "bad")
+    secret = secret_safetensors(tmp_path / "elsewhere" / "secret.safetensors")
+    (d / "model-00002-of-00002.safetensors").unlink()
+    (d / "model-00002-of-00002.safetensors").symlink_to(secret)
+    hf_sharded(root / "good")
+    out = tmp_path / "out"
+    report = tmp_path / "run.jsonl"
+    r = cli("apply", root, "--recursive", "--out-dir", out, "--keep-going", "--report", report)
+    assert r.exit_code == 2, r.stderr
+    recs = {Path(x["input"]).name: x for x in map(json.loads, report.read_text().splitlines())}
+    assert recs["good"]["status"] == "done"
+    assert recs["bad"]["status"] == "failed" and "outside" in recs["bad"]["error"]
+    assert not (out / "bad.safetensors").exists()
+    r = cli("apply", root, "--recursive", "--out-dir", out, "--allow-outside-files")
+    assert r.exit_code == 0, r.stderr
+    assert torch.equal(load_file(out / "bad.safetensors")["layer1.weight"], torch.full((4, 3), SECRET))
