@@ -93,6 +93,18 @@ def _reverse3(x):
     return out
 
 
+def _index_select(t, axis: int, idx):
+    """``t.index_select(axis, idx)`` for every dtype: torch has no 1-D kernel for uint16/32/64, so
+    those are selected as the signed integers of the same size (the bytes are only moved)."""
+    import torch
+
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    alias = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}.get(t.dtype)
+    if alias is None:
+        return t.index_select(axis, idx)
+    return t.view(alias).index_select(axis, idx).view(t.dtype)
+
+
 @dataclass(frozen=True)
 class Transpose(Op):
     perm: tuple[int, ...]
@@ -175,14 +187,11 @@ class Slice(Op):
         return idx.start * row, len(idx) * row
 
     def data(self, t):
-        import torch
-
         ax = self.axis % t.dim()
         idx = self._indices(t.shape[ax])
-        if isinstance(idx, range):
-            return t.narrow(ax, idx.start, len(idx)) if idx.step == 1 else \
-                t.index_select(ax, torch.tensor(list(idx)))
-        return t.index_select(ax, torch.tensor(idx, dtype=torch.long))
+        if isinstance(idx, range) and idx.step == 1:
+            return t.narrow(ax, idx.start, len(idx))
+        return _index_select(t, ax, list(idx))
 
     def describe(self):
         if self.index is not None:
@@ -226,6 +235,8 @@ class Pad(Op):
             raise OpError(f"fill {self.fill!r} needs a floating-point tensor, got {meta.dtype}")
         if self.fill in ("mean", "repeat") and n == 0:
             raise OpError(f"fill {self.fill!r} needs existing slices along axis {self.axis}")
+        if self.fill == "constant" and not dtypes.fits(meta.dtype, self.value):
+            raise OpError(f"fill value {self.value:g} does not fit dtype {meta.dtype}")
         shape = list(meta.shape)
         shape[ax] = self.size
         return meta.with_shape(shape)
@@ -245,8 +256,7 @@ class Pad(Op):
         elif self.fill == "constant":
             new = torch.full(shape, self.value, dtype=t.dtype)
         elif self.fill == "repeat":
-            idx = torch.arange(extra) % n
-            new = t.index_select(ax, idx)
+            new = _index_select(t, ax, torch.arange(extra) % n)
         elif self.fill == "mean":
             new = t.float().mean(dim=ax, keepdim=True).expand(shape).to(t.dtype)
         else:

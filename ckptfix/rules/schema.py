@@ -155,8 +155,7 @@ class AddOp(_Model):
     def _dtype(self):
         if self.dtype not in dtypes.BY_NAME:
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        if not dtypes.get(self.dtype).floating and (self.value != self.value or abs(self.value) == float("inf")
-                                                    or self.value != int(self.value)):
+        if not dtypes.fits(self.dtype, self.value):
             raise ValueError(f"value {self.value} does not fit dtype {self.dtype}")
         return self
 
