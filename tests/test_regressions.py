@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TORCH
+from numerics import seeded_randn
 
 SEED = TORCH / "seed_conv10.pt"
 
 
 def test_views_of_one_storage_are_written_compactly(cli, tmp_path):
     src = tmp_path / "flat.pt"
-    base = torch.randn(100_000)
+    base = seeded_randn(100_000)
     torch.save({f"p{i}": base[i * 1000:(i + 1) * 1000] for i in range(100)}, src)
     out = tmp_path / "o.pt"
     assert cli("apply", src, "-o", out).exit_code == 0
@@ -25,7 +26,7 @@ def test_views_of_one_storage_are_written_compactly(cli, tmp_path):
 
 def test_sliced_rows_are_not_kept_in_a_pt_output(cli, tmp_path):
     src = tmp_path / "big.pt"
-    torch.save({"head.weight": torch.randn(1000, 512)}, src)
+    torch.save({"head.weight": seeded_randn(1000, 512)}, src)
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - slice: {keys: '^head\\.weight$', axis: 0, stop: 10}\n")
     out = tmp_path / "o.pt"
