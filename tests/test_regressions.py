@@ -97,9 +97,9 @@ def test_yaml_alias_bomb_fails_fast(cli, tmp_path):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\nrules: []\n")
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time of this process: what expanding 10^8 nodes would cost, whatever the load
     r = cli("apply", SEED, "-r", bomb, "--dry-run")
-    assert r.exit_code == 2 and time.perf_counter() - t < 10
+    assert r.exit_code == 2 and time.process_time() - t < 10
 
 
 @pytest.mark.parametrize("rule,msg", [("- add: {key: x, shape: [-2, 3]}", "greater than or equal"),
