@@ -57,7 +57,9 @@ def test_batchnorm_eps_warning_and_folding(cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "bn1" in r.stderr and "eps 0.001" in r.stderr and "bn_eps" in r.stderr
     y = twin_output(nets.TinyCNN(eps=1e-5), load_file(out), x)
-    assert np.abs(y - io["y"]).max() > 1e-6  # the difference is real
+    # the difference is real: beyond the tolerance the folded twin meets below (it is ~3e-4; 1e-6
+    # was within float32 rounding of the recorded output)
+    assert np.abs(y - io["y"]).max() > 10 * KERAS_ATOL
     # folding the eps difference into running_var makes it exact again, and silences the warning
     fold = tmp_path / "fold.yaml"
     fold.write_text("rules:\n  - bn_eps: {keys: '^bn1\\.running_var$', from: 0.001, to: 1.0e-5}\n")
