@@ -44,6 +44,13 @@ def _inputs_never_change():
     assert sha256(DATA) == before, "a test modified the input fixtures"
 
 
+@pytest.fixture(autouse=True)
+def _run_from_the_repository_root(monkeypatch):
+    """Tests name files relative to the checkout (``tests/nets.py:SmallNet``): the same result
+    whichever directory pytest is started from."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
+
+
 @pytest.fixture
 def data():
     return DATA

@@ -452,6 +452,21 @@ def _legacy(obj) -> bytes:
     return blob
 
 
+def test_legacy_bytes_do_not_depend_on_where_torch_allocated():
+    """Legacy storage keys are memory addresses: 14 digits in the main heap, 15 in a thread's
+    arena. The renumbered bytes must not care (the next test failed when run after others)."""
+    import threading
+
+    def obj():  # storages allocated by the thread that calls it
+        return {"a": torch.ones(3), "b": torch.arange(4)}
+
+    made = {}
+    t = threading.Thread(target=lambda: made.update(blob=_legacy(obj())))
+    t.start()
+    t.join()
+    assert made["blob"] == _legacy(obj())
+
+
 def test_regression_legacy_storage_missing_from_the_key_list(tmp_path):
     # one flipped bit in a storage key: torch returned that tensor as uninitialized memory
     base = torch.arange(24, dtype=torch.float32)
