@@ -47,6 +47,26 @@ def get(name: str) -> DType:
     return BY_NAME[name]
 
 
+# the largest finite value of each floating dtype (complex64: of its float32 parts)
+_FLOAT_MAX = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38, "float16": 65504.0,
+              "bfloat16": 3.3895313892515355e38, "float8_e4m3fn": 448.0, "float8_e5m2": 57344.0,
+              "complex64": 3.4028234663852886e38}
+
+
+def fits(name: str, value: float) -> bool:
+    """Whether a tensor of dtype ``name`` can hold ``value``: integer dtypes an integer in their
+    range (bool: 0 or 1), floating ones nan, +-inf or a finite value up to their largest."""
+    if name in _FLOAT_MAX:
+        return value != value or abs(value) == float("inf") or abs(value) <= _FLOAT_MAX[name]
+    if value != value or abs(value) == float("inf") or value != int(value):
+        return False
+    if name == "bool":
+        return value in (0, 1)
+    bits = get(name).itemsize * 8
+    lo, hi = (0, 2**bits - 1) if name.startswith("uint") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return lo <= int(value) <= hi
+
+
 def from_numpy(np_dtype) -> str:
     """Canonical name of a numpy dtype (raises KeyError if ckptfix has no such dtype)."""
     import numpy as np

@@ -1,9 +1,19 @@
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
+
+# Hypothesis: the same examples on every run and machine (derandomize; no example database), and
+# nothing that depends on the machine's speed (no deadline, no too-slow health check), so a busy CI
+# machine cannot fail a property test. HYPOTHESIS_PROFILE=explore draws new examples, for hunting.
+settings.register_profile("ckptfix", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ckptfix"))
 
 DATA = Path(__file__).parent / "data"
 TORCH = DATA / "torch"
@@ -32,6 +42,13 @@ def _inputs_never_change():
     before = sha256(DATA)
     yield
     assert sha256(DATA) == before, "a test modified the input fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _run_from_the_repository_root(monkeypatch):
+    """Tests name files relative to the checkout (``tests/nets.py:SmallNet``): the same result
+    whichever directory pytest is started from."""
+    monkeypatch.chdir(Path(__file__).parent.parent)
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def backstop():
 
 @pytest.mark.parametrize("fmt", fuzz.FORMATS)
 def test_mutations(fmt, corpus, references, tmp_path, backstop):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time, not wall time: a busy machine must not fail this
     outcomes = {"ok": 0, "error": 0, "known": 0}  # known: fuzz.KNOWN_ISSUES (each pinned by an xfail)
     findings = []
     for i in range(CASES):
@@ -90,7 +90,7 @@ def test_mutations(fmt, corpus, references, tmp_path, backstop):
     # not vacuous: the mutations both break files and leave some readable
     assert outcomes["error"] >= CASES // 10, outcomes
     assert outcomes["ok"] >= 1, outcomes
-    assert time.perf_counter() - t0 < 30
+    assert time.process_time() - t0 < 30
 
 
 def test_every_seed_reads_and_applies(corpus, tmp_path):
@@ -190,7 +190,7 @@ def test_inprocess_budget_turns_a_hang_into_a_finding(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(fuzz.Finding, match=r"hang.*\n.*replay: python tests/fuzz.py --format npy"):
         fuzz.run_case_inprocess(case, tmp_path, budget=0.5)
-    assert time.perf_counter() - t0 < 5
+    assert time.perf_counter() - t0 < 20  # the budget cut the 30 s sleep (slack for a busy machine)
 
 
 def test_a_stray_exception_is_a_finding_with_the_case(corpus, tmp_path, monkeypatch):
@@ -221,7 +221,9 @@ def test_a_stray_exception_is_a_finding_with_the_case(corpus, tmp_path, monkeypa
     ("selftest_ok", "ok", None),
 ])
 def test_subprocess_harness_detects(target, status, detail):
-    with fuzz.Worker(f"fuzz:{target}", timeout=1.0, memory_mb=0) as w:
+    # a short timeout only where the target really hangs: on a busy machine a 1 s limit could call
+    # a slow answer of the others a hang
+    with fuzz.Worker(f"fuzz:{target}", timeout=1.0 if status == "hang" else 60.0, memory_mb=0) as w:
         res = w.run({})
         assert res["status"] == status, res
         if detail:
@@ -448,6 +450,21 @@ def test_regression_npy_header_that_breaks_numpys_tokenizer(tmp_path):
 def _legacy(obj) -> bytes:
     blob, _ = fuzz._pt_legacy_bytes(obj)
     return blob
+
+
+def test_legacy_bytes_do_not_depend_on_where_torch_allocated():
+    """Legacy storage keys are memory addresses: 14 digits in the main heap, 15 in a thread's
+    arena. The renumbered bytes must not care (the next test failed when run after others)."""
+    import threading
+
+    def obj():  # storages allocated by the thread that calls it
+        return {"a": torch.ones(3), "b": torch.arange(4)}
+
+    made = {}
+    t = threading.Thread(target=lambda: made.update(blob=_legacy(obj())))
+    t.start()
+    t.join()
+    assert made["blob"] == _legacy(obj())
 
 
 def test_regression_legacy_storage_missing_from_the_key_list(tmp_path):

@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TORCH
+from numerics import seeded_randn
 
 SEED = TORCH / "seed_conv10.pt"
 
 
 def test_views_of_one_storage_are_written_compactly(cli, tmp_path):
     src = tmp_path / "flat.pt"
-    base = torch.randn(100_000)
+    base = seeded_randn(100_000)
     torch.save({f"p{i}": base[i * 1000:(i + 1) * 1000] for i in range(100)}, src)
     out = tmp_path / "o.pt"
     assert cli("apply", src, "-o", out).exit_code == 0
@@ -25,7 +26,7 @@ def test_views_of_one_storage_are_written_compactly(cli, tmp_path):
 
 def test_sliced_rows_are_not_kept_in_a_pt_output(cli, tmp_path):
     src = tmp_path / "big.pt"
-    torch.save({"head.weight": torch.randn(1000, 512)}, src)
+    torch.save({"head.weight": seeded_randn(1000, 512)}, src)
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - slice: {keys: '^head\\.weight$', axis: 0, stop: 10}\n")
     out = tmp_path / "o.pt"
@@ -96,13 +97,13 @@ def test_yaml_alias_bomb_fails_fast(cli, tmp_path):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\nrules: []\n")
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time of this process: what expanding 10^8 nodes would cost, whatever the load
     r = cli("apply", SEED, "-r", bomb, "--dry-run")
-    assert r.exit_code == 2 and time.perf_counter() - t < 10
+    assert r.exit_code == 2 and time.process_time() - t < 10
 
 
 @pytest.mark.parametrize("rule,msg", [("- add: {key: x, shape: [-2, 3]}", "greater than or equal"),
-                                      ("- add: {key: x, dtype: int64, value: .inf}", "does not fit"),
+                                      ("- add: {key: x, dtype: int64, value: .inf}", "finite number"),
                                       ("- add: {key: '{}', for_each: weight}", "named groups"),
                                       ("- rename: {map: {'{a}': 'x{}'}}", "placeholder")])
 def test_bad_rules_are_clean_errors(cli, tmp_path, rule, msg):
@@ -152,3 +153,45 @@ def test_out_dir_names_a_sharded_input_after_its_directory(cli, tmp_path):
     r = cli("apply", TORCH / "hf_sharded/model.safetensors.index.json", "--out-dir", tmp_path / "od")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "od/hf_sharded.safetensors").is_file()
+
+
+@pytest.mark.parametrize("rule, cause", [
+    ("add: {key: extra, shape: [2], dtype: uint8, value: -1}", "value -1.0 does not fit dtype uint8"),
+    ("pad: {keys: '^n$', axis: 0, size: 5, fill: constant, value: 300}", "fill value 300 does not fit dtype int8"),
+    ("pad: {keys: '^n$', axis: 0, size: 5, fill: constant, value: 0.5}", "fill value 0.5 does not fit dtype int8"),
+])
+def test_a_value_the_dtype_cannot_hold_is_a_rules_error(cli, tmp_path, rule, cause):
+    """Found by the op property test: these planned fine and died in the executor with "internal
+    error: RuntimeError: value cannot be converted to type int8_t without overflow" (0.5 was
+    silently written as 0)."""
+    src = tmp_path / "in.pt"
+    torch.save({"w": torch.ones(2), "n": torch.ones(3, dtype=torch.int8)}, src)
+    rules = tmp_path / "r.yaml"
+    rules.write_text(f"rules:\n  - {rule}\n")
+    out = tmp_path / "o.safetensors"
+    r = cli("apply", src, "-r", rules, "-o", out)
+    assert r.exit_code == 2 and cause in r.stderr and "r.yaml:2" in r.stderr and not out.exists()
+    assert "internal error" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+@pytest.mark.parametrize("rule", ["slice: {keys: '^u$', axis: 0, index: [3, 0]}",
+                                  "slice: {keys: '^u$', axis: 0, start: 0, stop: 5, step: 2}",
+                                  "pad: {keys: '^u$', axis: 0, size: 7, fill: repeat}"])
+def test_unsigned_tensors_can_be_sliced_and_padded(cli, tmp_path, dtype, rule):
+    """Found by the op property test: torch has no 1-D index_select for uint16/32/64, so these
+    were "internal error: NotImplementedError"."""
+    from safetensors.torch import save_file
+
+    src = tmp_path / "in.safetensors"
+    u = torch.tensor([1, 2, 3, 60000, 5], dtype=dtype)
+    save_file({"u": u}, src)
+    rules = tmp_path / "r.yaml"
+    rules.write_text(f"rules:\n  - {rule}\n")
+    out = tmp_path / "o.safetensors"
+    r = cli("apply", src, "-r", rules, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    want = {"index": [60000, 1], "step": [1, 3, 5], "repeat": [1, 2, 3, 60000, 5, 1, 2]}
+    kind = next(k for k in want if k in rule)
+    got = load_file(out)["u"]
+    assert got.dtype == dtype and got.tolist() == want[kind]

@@ -16,10 +16,11 @@ DT = [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8, tor
 @given(spec=st.dictionaries(st.text("abcxyz._/0123", min_size=1, max_size=8),
                             st.tuples(st.lists(st.integers(0, 4), max_size=3), st.sampled_from(DT)),
                             min_size=1, max_size=6),
-       with_meta=st.booleans())
-def test_writer_matches_save_file_bytes(tmp_path_factory, spec, with_meta):
+       with_meta=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_writer_matches_save_file_bytes(tmp_path_factory, spec, with_meta, seed):
     d = tmp_path_factory.mktemp("st")
-    tensors = {k: (torch.randn(shape) * 10).to(dt) for k, (shape, dt) in spec.items()}
+    g = torch.Generator().manual_seed(seed)
+    tensors = {k: (torch.randn(shape, generator=g) * 10).to(dt) for k, (shape, dt) in spec.items()}
     meta = {"format": "pt"} if with_meta else None
     save_file(tensors, d / "ref.safetensors", metadata=meta)
     metas = {k: TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype)) for k, t in tensors.items()}

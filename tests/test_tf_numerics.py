@@ -18,6 +18,10 @@ from torch import nn
 
 from conftest import KERAS
 
+# The converted torch module runs in float32 and the reference in float64, in another order: they
+# agree up to float32 rounding. Outputs here are O(1)-O(10) from sums of <= 100 products, so a few
+# ulps are ~1e-6 (the largest difference seen is 1.8e-6, in the conv3d test); an absolute 1e-5
+# keeps a margin and is still 1000x below what a wrong conversion misses by (WRONG).
 ATOL = 1e-5
 WRONG = 1e-2  # a wrong conversion misses the reference by far more than this
 
@@ -164,6 +168,7 @@ def test_reference_depthwise_is_block_diagonal_conv():
         full[:, :, ci, ci * m + j] = k[:, :, ci, j]
     x = rng.normal(size=(2, 6, 5, c))
     for pad in ("valid", "same"):
+        # two float64 computations of the same sums in another order: rounding ~1e-15
         np.testing.assert_allclose(depthwise_conv2d(x, k, padding=pad), conv2d(x, full, padding=pad), atol=1e-12)
 
 
@@ -178,7 +183,7 @@ def test_reference_conv_transpose_is_adjoint_of_conv(stride):
     z = rng.normal(size=y.shape)
     fwd = conv2d(z, k, stride=stride)
     assert fwd.shape == x.shape
-    np.testing.assert_allclose(np.vdot(fwd, x), np.vdot(y, z), rtol=1e-10)
+    np.testing.assert_allclose(np.vdot(fwd, x), np.vdot(y, z), rtol=1e-10)  # float64 rounding only
 
 
 # ---------------------------------------------------------------------------------------------

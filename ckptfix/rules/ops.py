@@ -24,28 +24,6 @@ def _axis(axis: int, rank: int) -> int:
     return axis % rank
 
 
-# the largest finite value of each floating dtype (torch refuses to fill a tensor beyond it)
-_FLOAT_MAX = {"float64": 1.7976931348623157e308, "float32": 3.4028234663852886e38,
-              "bfloat16": 3.3895313892515355e38, "float16": 65504.0, "float8_e4m3fn": 448.0,
-              "float8_e5m2": 57344.0, "complex64": 3.4028234663852886e38}
-
-
-def value_fits(value: float, dtype: str) -> bool:
-    """Whether ``value`` is a finite number that ``dtype`` holds exactly enough to be filled with:
-    in range for floats; an integer in range for integer dtypes; 0 or 1 for bool."""
-    if value != value or value in (float("inf"), float("-inf")):
-        return False
-    if dtype in _FLOAT_MAX:
-        return abs(value) <= _FLOAT_MAX[dtype]
-    if value != int(value):
-        return False
-    if dtype == "bool":
-        return value in (0, 1)
-    bits = 8 * dtypes.get(dtype).itemsize
-    lo, hi = (0, 2**bits - 1) if dtype.startswith("uint") else (-2**(bits - 1), 2**(bits - 1) - 1)
-    return lo <= value <= hi
-
-
 def _fmt(v) -> str:
     return "" if v is None else str(v)
 
@@ -113,6 +91,18 @@ def _reverse3(x):
         for b0 in range(0, b, n):
             out[c0:c0 + n, b0:b0 + n].copy_(x[:, b0:b0 + n, c0:c0 + n].permute(2, 1, 0))
     return out
+
+
+def _index_select(t, axis: int, idx):
+    """``t.index_select(axis, idx)`` for every dtype: torch has no 1-D kernel for uint16/32/64, so
+    those are selected as the signed integers of the same size (the bytes are only moved)."""
+    import torch
+
+    idx = torch.as_tensor(idx, dtype=torch.long)
+    alias = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}.get(t.dtype)
+    if alias is None:
+        return t.index_select(axis, idx)
+    return t.view(alias).index_select(axis, idx).view(t.dtype)
 
 
 @dataclass(frozen=True)
@@ -197,14 +187,11 @@ class Slice(Op):
         return idx.start * row, len(idx) * row
 
     def data(self, t):
-        import torch
-
         ax = self.axis % t.dim()
         idx = self._indices(t.shape[ax])
-        if isinstance(idx, range):
-            return t.narrow(ax, idx.start, len(idx)) if idx.step == 1 else \
-                t.index_select(ax, torch.tensor(list(idx)))
-        return t.index_select(ax, torch.tensor(idx, dtype=torch.long))
+        if isinstance(idx, range) and idx.step == 1:
+            return t.narrow(ax, idx.start, len(idx))
+        return _index_select(t, ax, list(idx))
 
     def describe(self):
         if self.index is not None:
@@ -248,7 +235,7 @@ class Pad(Op):
             raise OpError(f"fill {self.fill!r} needs a floating-point tensor, got {meta.dtype}")
         if self.fill in ("mean", "repeat") and n == 0:
             raise OpError(f"fill {self.fill!r} needs existing slices along axis {self.axis}")
-        if self.fill == "constant" and not value_fits(self.value, meta.dtype):
+        if self.fill == "constant" and not dtypes.fits(meta.dtype, self.value):
             raise OpError(f"fill value {self.value:g} does not fit dtype {meta.dtype}")
         shape = list(meta.shape)
         shape[ax] = self.size
@@ -269,8 +256,7 @@ class Pad(Op):
         elif self.fill == "constant":
             new = torch.full(shape, self.value, dtype=t.dtype)
         elif self.fill == "repeat":
-            idx = torch.arange(extra) % n
-            new = t.index_select(ax, idx)
+            new = _index_select(t, ax, torch.arange(extra) % n)
         elif self.fill == "mean":
             new = t.float().mean(dim=ax, keepdim=True).expand(shape).to(t.dtype)
         else:
@@ -341,7 +327,7 @@ class AddScalar(Op):
     def shape(self, meta):
         if not dtypes.get(meta.dtype).floating:
             raise OpError(f"needs a floating-point tensor, got {meta.dtype}")
-        if not value_fits(self.value, meta.dtype):
+        if not dtypes.fits(meta.dtype, self.value):
             raise OpError(f"adding {self.value:g} overflows dtype {meta.dtype}")
         return meta
 
@@ -379,7 +365,7 @@ class Constant(Op):
     value: float = 0.0
 
     def shape(self, meta=None):
-        if not value_fits(self.value, self.meta.dtype):
+        if not dtypes.fits(self.meta.dtype, self.value):
             raise OpError(f"value {self.value:g} does not fit dtype {self.meta.dtype}")
         return self.meta
 

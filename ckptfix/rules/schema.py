@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .. import dtypes
 from ..errors import RulesError
 from ..limits import MAX_DEPTH
-from .ops import FILLS, value_fits
+from .ops import FILLS
 
 Keys = Union[str, list[str]]
 KEYS_DOC = "regular expression(s) searched in each tensor name (anchor with ^ and $)"
@@ -151,13 +151,13 @@ class AddOp(_Model):
     for_each: str | None = Field(None, description="regex with named groups: add one tensor per matching key")
     shape: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     dtype: str = "float32"
-    value: float = 0.0
+    value: float = Field(0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _dtype(self):
         if self.dtype not in dtypes.BY_NAME:
             raise ValueError(f"unknown dtype {self.dtype!r}")
-        if not value_fits(self.value, self.dtype):
+        if not dtypes.fits(self.dtype, self.value):
             raise ValueError(f"value {self.value} does not fit dtype {self.dtype}")
         return self
 
