@@ -300,6 +300,9 @@ def _write(fmt: str, plan: Plan, reader: Reader, prod: _Producer, out: Path, for
 
 
 def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written:
+    import torch
+
+    from .formats import pickles
     from .formats.torch_io import OPTIMIZER_KEY, TorchReader, save_pt
 
     state = {}
@@ -333,7 +336,14 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
             if dropped:
                 warnings.append(f"tensor shapes changed, so the optimizer state no longer matches: "
                                 f"dropped {', '.join(dropped)}")
+    left = next((where for where, node, _d in pickles.walk(obj)
+                 if isinstance(node, torch.Tensor) and node.device.type == "meta"), None)
+    if left is not None:  # a safety net: every tensor of the container was read
+        raise InputError(reader.path, f"cannot write a .pt output: the tensor at {pickles.printable(left)} "
+                         "sits where ckptfix does not copy data from; write safetensors")
     inert = isinstance(reader, TorchReader) and reader.has_inert
+    if inert and reader.inert_write_problem():
+        raise InputError(reader.path, reader.inert_write_problem())
     if inert:
         warnings.append("the output keeps the input's inert objects as the same pickled globals: "
                         "loading it with weights_only=False builds them, as loading the input would")

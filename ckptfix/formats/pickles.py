@@ -56,12 +56,13 @@ CODE_RUNNING = (
 )
 
 #: The data constructors ``--allow-global`` can admit as the real object. Each builds a value from
-#: the pickled arguments (strings, numbers, bytes, tuples) and nothing else.
+#: the pickled arguments (strings, numbers, bytes, tuples) and nothing else, in time and memory
+#: linear in them (not ``fractions.Fraction("1e200000000")``, ``range``/``deque`` of 2**62).
 VETTED = frozenset({
     "argparse.Namespace", "types.SimpleNamespace", "collections.OrderedDict", "collections.Counter",
-    "collections.deque", "builtins.set", "builtins.frozenset", "builtins.complex", "builtins.slice",
-    "builtins.range", "builtins.bytearray", "datetime.datetime", "datetime.date", "datetime.time",
-    "datetime.timedelta", "datetime.timezone", "decimal.Decimal", "fractions.Fraction", "uuid.UUID",
+    "builtins.set", "builtins.frozenset", "builtins.complex", "builtins.slice",
+    "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta", "datetime.timezone",
+    "uuid.UUID",
     "pathlib.PurePosixPath", "pathlib.PureWindowsPath", "pathlib.PosixPath",
     "numpy.dtype", "numpy.ndarray", "numpy.core.multiarray._reconstruct",
     "numpy._core.multiarray._reconstruct", "numpy.core.multiarray.scalar",
@@ -131,6 +132,7 @@ class Inert:
     module: str = ""
     qualname: str = ""
     global_name: str = ""
+    exact: bool = True
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
@@ -180,33 +182,52 @@ class Inert:
             yield v
 
 
-def walk(obj) -> Iterable[tuple[str, object]]:
-    """Every node of a loaded pickle (dicts, lists, tuples, placeholders and what they hold) with
-    its path, each once: pickles can share and even cycle (omegaconf nodes point at their
-    parents). Iterative, so nesting depth costs no stack."""
+def children(node) -> list[tuple[str, object]]:
+    """``(label, child)`` of one node of a loaded pickle: dict keys and values, list, tuple and set
+    items, what a placeholder holds, and the instance attributes of anything else that has them
+    (a tensor's, a vetted object's): every place a pickle can put an object."""
+    if isinstance(node, dict):
+        out = []
+        for k, v in node.items():
+            if not isinstance(k, (str, int, float, bool, type(None))):
+                out.append((f"<key {type(k).__name__}>", k))
+            out.append((str(k), v))
+        return out
+    if isinstance(node, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(node)]
+    if isinstance(node, (set, frozenset)):
+        return [(f"{{{i}}}", v) for i, v in enumerate(node)]
+    if isinstance(node, Inert):
+        return [(f"<{type(node).global_name}>[{i}]", v) for i, v in enumerate(node.children())]
+    attrs = getattr(node, "__dict__", None) if not isinstance(node, type) else None
+    if isinstance(attrs, dict) and attrs:
+        return [(f"@{k}", v) for k, v in attrs.items()]
+    return []
+
+
+def walk(obj) -> Iterable[tuple[str, object, int]]:
+    """Every node of a loaded pickle with its path and depth (the root is 1), each once: pickles
+    can share and even cycle (omegaconf nodes point at their parents). Iterative, so nesting
+    depth costs no stack."""
     seen: set[int] = set()
-    stack: list[tuple[str, object]] = [("", obj)]
+    stack: list[tuple[str, object, int]] = [("", obj, 1)]
     while stack:
-        path, node = stack.pop()
+        path, node, depth = stack.pop()
         if id(node) in seen:
             continue
-        if isinstance(node, (dict, list, tuple, Inert)):
+        kids = children(node)
+        if kids or isinstance(node, (dict, list, tuple, set, frozenset, Inert)):
             seen.add(id(node))
-        yield path or "<root>", node
-        if isinstance(node, dict):
-            kids = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
-        elif isinstance(node, (list, tuple)):
-            kids = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
-        elif isinstance(node, Inert):
-            kids = [(f"{path}<{type(node).global_name}>[{i}]", v) for i, v in enumerate(node.children())]
-        else:
-            continue
-        stack.extend(reversed(kids))
+        yield path or "<root>", node, depth
+        for label, v in reversed(kids):
+            sep = "" if label.startswith(("[", "<", "{", "@")) or not path else "."
+            stack.append((f"{path}{sep}{label}", v, depth + 1))
 
 
 def transform(obj, leaf: Callable, memo: dict | None = None):
-    """A copy of ``obj``'s containers (dict and its subclasses, list, tuple, placeholders) with
-    ``leaf(x)`` for every other value; shared and cyclic references stay shared and cyclic."""
+    """A copy of ``obj``'s containers (dict and its subclasses, keys included, list, tuple,
+    ``torch.Size``, set, placeholders) with ``leaf(x)`` for every other value; shared and cyclic
+    references stay shared and cyclic. One frame per level: nesting is bounded by the reader."""
     memo = {} if memo is None else memo
     if id(obj) in memo:
         return memo[id(obj)]
@@ -214,17 +235,31 @@ def transform(obj, leaf: Callable, memo: dict | None = None):
         out = type(obj)() if type(obj) is not dict else {}
         memo[id(obj)] = out
         for k, v in obj.items():
-            out[k] = transform(v, leaf, memo)
+            out[transform(k, leaf, memo)] = transform(v, leaf, memo)
         return out
     if isinstance(obj, list):
         out = []
         memo[id(obj)] = out
-        out.extend(transform(v, leaf, memo) for v in obj)
+        for v in obj:
+            out.append(transform(v, leaf, memo))
         return out
-    if isinstance(obj, tuple):
-        out = tuple(transform(v, leaf, memo) for v in obj)
+    if isinstance(obj, (tuple, set, frozenset)):
+        items = []
+        for v in obj:
+            items.append(transform(v, leaf, memo))
+        kind = type(obj)
+        out = kind(items) if kind in (tuple, set, frozenset) or kind.__name__ == "Size" else tuple(items)
         memo[id(obj)] = out
         return out
+    attrs = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+    if isinstance(attrs, dict) and attrs and vetted(f"{type(obj).__module__}.{type(obj).__qualname__}"):
+        import copy
+
+        new = copy.copy(obj)  # a vetted data object (argparse.Namespace): its attributes copied too
+        memo[id(obj)] = new
+        for k, v in attrs.items():
+            new.__dict__[k] = transform(v, leaf, memo)
+        return new
     if isinstance(obj, Inert):
         new = object.__new__(type(obj))
         memo[id(obj)] = new
@@ -237,21 +272,36 @@ def transform(obj, leaf: Callable, memo: dict | None = None):
     return leaf(obj)
 
 
-def inert_class(module: str, qualname: str) -> type:
-    """A fresh placeholder class for the global ``module.qualname``."""
+def inert_class(module: str, qualname: str, *, exact: bool = True) -> type:
+    """A fresh placeholder class for the global ``module.qualname``; ``exact``: whether that
+    split is known from the file (else it can be read, but not written back)."""
     full = f"{module}.{qualname}"
-    return type(f"Inert[{full}]", (Inert,), {"module": module, "qualname": qualname, "global_name": full,
-                                            "__module__": __name__})
+    return type(f"Inert[{printable(full)}]", (Inert,), {"module": module, "qualname": qualname, "global_name": full,
+                                            "exact": exact, "__module__": __name__})
+
+
+_GLOBAL_OP = re.compile(rb"(?=c([^\x00-\x1f]{1,300})\n([^\x00-\x1f]{1,300})\n)")
+
+
+def global_candidates(data: bytes | None) -> list[tuple[str, str]]:
+    """Every ``(module, name)`` a ``GLOBAL`` opcode could stand for anywhere in ``data``, found
+    by pattern, not by parsing (so one odd opcode cannot hide the rest; some may be false
+    positives, which only ever become unused placeholders). Decoded as torch's unpickler does."""
+    if not data:
+        return []
+    found = []
+    for m in _GLOBAL_OP.finditer(data):
+        try:
+            found.append(py3_global(m.group(1).decode("utf-8"), m.group(2).decode("utf-8")))
+        except UnicodeDecodeError:
+            continue
+    return list(dict.fromkeys(found))
 
 
 def split_global(full: str) -> tuple[str, str]:
     """``'a.b.C'`` -> ``('a.b', 'C')`` for a name known only as one string."""
     module, _, name = full.rpartition(".")
     return module or "builtins", name
-
-
-def contains_inert(obj) -> bool:
-    return any(isinstance(n, Inert) or (isinstance(n, type) and issubclass(n, Inert)) for _p, n in walk(obj))
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Each tensor is then read with one ``pread`` of its storage.
 
 from __future__ import annotations
 
+import collections
 import re
 import struct
 import warnings
@@ -28,6 +29,7 @@ from .base import Reader
 from .fileio import read_range
 
 MAX_INERT_GLOBALS = 256  # distinct unknown globals one pickle may name (omegaconf configs need ~10)
+MAX_PATTERN_GLOBALS = 4096  # GLOBAL-shaped byte patterns pre-registered in one load (see pickles.global_candidates)
 MIN_TORCH = (2, 10)  # earlier versions have known weights_only bypasses (CVE-2025-32434, CVE-2026-24747)
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network",
                    "weights", "params", "ema_state_dict")
@@ -230,14 +232,40 @@ def check_zip_members(path: Path) -> None:
         zipmember.check_declared(path, info, limit)
 
 
-def refuse_deep(container, path: Path) -> None:
-    """Refuse a loaded container nested more than ``MAX_DEPTH`` levels (a list 2,000 deep is a
-    few KB of pickle): walking, materializing or saving it would exhaust Python's recursion."""
-    from ..limits import MAX_DEPTH, depth_exceeds
+def check_built(container, path: Path, *, from_meta: bool) -> None:
+    """Refuse what a pickle built that ckptfix must not keep or pass on, in one walk over every
+    node (``pickles.walk``: keys, sets, attributes and placeholders included):
 
-    if depth_exceeds(container, MAX_DEPTH):
-        raise InputError(path, f"its pickle is nested too deeply (more than {MAX_DEPTH} levels): "
-                         "corrupt or hostile file")
+    - nesting over ``MAX_DEPTH`` levels (a list 2,000 deep is a few KB of pickle: walking,
+      materializing or saving it would exhaust Python's recursion);
+    - a dunder attribute set on an object by the file (``__reduce_ex__``, ``__getstate__`` ...
+      through ``_rebuild_from_type_v2``'s state or ``BUILD``): a writer would call it;
+    - with ``from_meta`` (a zip loaded on the meta device), a tensor not on it: built by the
+      pickle (``torch.FloatTensor(2**28)``), not stored in the file;
+    - a bare storage outside any tensor (nothing ckptfix can read or write back).
+    """
+    import torch
+
+    from ..limits import MAX_DEPTH
+
+    for where, node, depth in pickles.walk(container):
+        if depth > MAX_DEPTH:
+            raise InputError(path, f"its pickle is nested too deeply (more than {MAX_DEPTH} levels): "
+                             "corrupt or hostile file")
+        attrs = getattr(node, "__dict__", None) if not isinstance(node, type) else None
+        if isinstance(attrs, dict):
+            bad = [k for k in attrs if isinstance(k, str) and k.startswith("__")]
+            if bad:
+                raise InputError(path, f"{pickles.printable(where)}: the pickle sets the attribute "
+                                 f"{pickles.printable(bad[0])} on a {type(node).__name__}, which a "
+                                 "writer would call: hostile file")
+        if isinstance(node, torch.Tensor):
+            if from_meta and node.device.type != "meta":
+                raise InputError(path, f"tensor {pickles.printable(where)} is built by the pickle "
+                                 "(a tensor constructor), not stored in the file: refused")
+        elif isinstance(node, (torch.UntypedStorage, torch.storage.TypedStorage)):
+            raise InputError(path, f"{pickles.printable(where)}: a bare storage outside any tensor; "
+                             "ckptfix reads tensors only")
 
 
 # the records of a torch zip besides the pickle and the storages (all read whole)
@@ -260,13 +288,16 @@ class TorchReader(Reader):
                          for n in allow_globals]
         self._allowed_names = {name for _obj, name in self._allowed}
         self._inert: dict[str, type] = {}  # global name -> its placeholder class (pickles.Inert)
+        self._candidates: set[tuple[str, str]] = set()
+        self._asked = 0  # distinct globals the pickle was seen to use
+        self._used: dict[str, type] | None = None
         self._records: dict[int, zipfile.ZipInfo] = {}
         if not legacy:
             check_zip_members(self.path)  # before anything decompresses a member (torch or zipfile)
             self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
         self.container = self._load("cpu" if legacy else "meta")
-        refuse_deep(self.container, self.path)  # every walker below (and torch.save) recurses
+        check_built(self.container, self.path, from_meta=not legacy)  # before anything walks it
         if legacy:
             self._check_legacy_storages()
         self.state_path = find_state_dict(self.container, state_key, self.path)
@@ -286,6 +317,20 @@ class TorchReader(Reader):
                 self._metas[name] = TensorMeta(tuple(t.shape), dtypes.from_torch(t.dtype))
             except KeyError:
                 raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
+            self._check_size(name, t)
+
+    def _check_size(self, name: str, t) -> None:
+        """A tensor's size against what backs it: a view whose strides repeat a few stored bytes
+        (stride 0) becomes its full size when read, so it is held to the same limits as a tensor
+        a rule computes (``limits``): 1 TiB, and this process's memory."""
+        from ..limits import MAX_TENSOR_BYTES, fmt_bytes, memory_limit
+
+        nbytes = t.numel() * t.element_size()
+        span = (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))) * t.element_size() if t.numel() else 0
+        if nbytes > MAX_TENSOR_BYTES or (span < nbytes and nbytes > memory_limit()):
+            raise InputError(self.path, f"tensor {pickles.printable(str(name))} is {fmt_bytes(nbytes)} "
+                             f"when read, from {fmt_bytes(span)} stored: over what ckptfix can hold "
+                             f"({fmt_bytes(min(MAX_TENSOR_BYTES, memory_limit()))})")
 
     def _load(self, map_location: str):
         """``torch.load(weights_only=True)``, with every global torch does not allow registered
@@ -314,25 +359,97 @@ class TorchReader(Reader):
                 name = _global_in_error(str(e)) if "GLOBAL" in str(e) else None
                 if name is None or name in self._inert or name in self._allowed_names:
                     raise _describe_load_error(self.path, e) from None
-                found = [] if scanned else _unsafe_globals(self.path)
-                scanned = True
-                self._add_inert(found + [pickles.split_global(name)])
+                if not scanned:  # once: every global the pickle can name, with its exact split
+                    scanned = True
+                    named = _unsafe_globals(self.path)
+                    self._add_inert(named)  # parsed opcodes: a code-running name refuses the file
+                    patterns = [c for c in pickles.global_candidates(self._pickle_bytes())
+                                if not pickles.runs_code(f"{c[0]}.{c[1]}")]
+                    self._candidates = set(named) | set(patterns)
+                    if len(patterns) <= MAX_PATTERN_GLOBALS:  # unused ones stay unused
+                        fulls = collections.Counter(f"{m}.{n}" for m, n in self._candidates)
+                        self._add_inert([c for c in patterns if fulls[f"{c[0]}.{c[1]}"] == 1], counted=False)
+                        self._add_inert([c for c in patterns if fulls[f"{c[0]}.{c[1]}"] > 1], exact=False,
+                                        counted=False)
+                    if name in self._inert:
+                        continue
+                splits = {c for c in self._candidates if f"{c[0]}.{c[1]}" == name}
+                if len(splits) == 1:
+                    self._add_inert(list(splits))
+                else:  # not found in the bytes, or two splits with one name: readable, not writable
+                    self._add_inert([pickles.split_global(name)], exact=False)
+
+    def _pickle_bytes(self) -> bytes | None:
+        """The pickle's bytes (a zip's data.pkl, or the head of a legacy file), if at most
+        ``MAX_PICKLE_MEMBER``: what the global scan searches."""
+        from ..limits import MAX_PICKLE_MEMBER
+        from . import zipmember
+
+        try:
+            with self._file.file() as f:
+                if not zipfile.is_zipfile(f):
+                    f.seek(0)
+                    return f.read(MAX_PICKLE_MEMBER)
+                f.seek(0)
+                with zipfile.ZipFile(f) as z:
+                    pkls = [n for n in z.namelist() if n.endswith("data.pkl")]
+                    if not pkls or z.getinfo(pkls[0]).file_size > MAX_PICKLE_MEMBER:
+                        return None
+                    return zipmember.read_member(self._file, z, pkls[0], MAX_PICKLE_MEMBER)
+        except (OSError, zipfile.BadZipFile, InputError, ValueError):
+            return None
+
+    def inert_write_problem(self) -> str | None:
+        """Why the inert objects cannot be written back exactly into a .pt output, if so."""
+        loose = sorted(n for n, c in self._used_inert().items() if not c.exact)
+        if loose:
+            return (f"cannot write its pickled object {pickles.printable(loose[0])} back into a .pt output "
+                    "exactly (where its module name ends is ambiguous in the file): write safetensors")
+        return None
 
     def _inert_entries(self) -> list:
         return [(cls, name) for name, cls in self._inert.items()]
 
-    def _add_inert(self, names: list[tuple[str, str]]) -> None:
-        """Placeholders for these globals; a file naming one that runs code is refused."""
-        full = {f"{m}.{n}": (m, n) for m, n in names if n != "<computed global>"}
+    def _add_inert(self, names: list[tuple[str, str]], exact: bool = True, counted: bool = True) -> None:
+        """Placeholders for these globals; a file naming one that runs code is refused.
+        ``counted``: names the pickle was seen to use (bounded by ``MAX_INERT_GLOBALS``), not
+        mere pattern matches."""
+        full: dict[str, tuple[str, str]] = {}
+        loose: set[str] = set()  # one name, two splits ("a.b"/"c" and "a"/"b.c"): torch cannot tell them apart
+        for m, n in names:
+            if n == "<computed global>":
+                continue
+            name = f"{m}.{n}"
+            known = self._inert.get(name)
+            if full.get(name, (m, n)) != (m, n) or (known is not None and (known.module, known.qualname) != (m, n)):
+                loose.add(name)
+            full[name] = (m, n)
         hostile = [pickles.printable(n) for n in full if pickles.runs_code(n)]
         if hostile:
             raise UnsafePickleError(self.path, hostile)
         for name, (m, n) in full.items():
-            if name not in self._allowed_names and name not in self._inert:
-                if len(self._inert) >= MAX_INERT_GLOBALS:
-                    raise InputError(self.path, f"its pickle names over {MAX_INERT_GLOBALS} distinct "
-                                     "globals: not a checkpoint ckptfix reads")
-                self._inert[name] = pickles.inert_class(m, n)
+            if name in loose:
+                self._inert[name] = pickles.inert_class(m, n, exact=False)
+                continue
+            if name not in self._allowed_names and (name not in self._inert or not self._inert[name].exact):
+                if counted:
+                    self._asked += 1
+                    if self._asked > MAX_INERT_GLOBALS:
+                        raise InputError(self.path, f"its pickle names over {MAX_INERT_GLOBALS} distinct "
+                                         "globals: not a checkpoint ckptfix reads")
+                self._inert[name] = pickles.inert_class(m, n, exact=exact)
+
+    def _used_inert(self) -> dict[str, type]:
+        """The placeholders the loaded container really holds (instances or the classes)."""
+        if self._used is None:
+            used = set()
+            for _p, node, _d in pickles.walk(self.container):
+                if isinstance(node, pickles.Inert):
+                    used.add(type(node).global_name)
+                elif isinstance(node, type) and issubclass(node, pickles.Inert):
+                    used.add(node.global_name)
+            self._used = {n: c for n, c in self._inert.items() if n in used}
+        return self._used
 
     def _check_legacy_storages(self) -> None:
         """torch's legacy loader fills only the storages its key list names; one the pickle uses
@@ -420,7 +537,7 @@ class TorchReader(Reader):
         """``(path, tensor)`` for every tensor in a loaded container, each once."""
         import torch
 
-        return ((path, node) for path, node in pickles.walk(obj) if isinstance(node, torch.Tensor))
+        return ((path, node) for path, node, _d in pickles.walk(obj) if isinstance(node, torch.Tensor))
 
     def metas(self) -> dict[str, TensorMeta]:
         return dict(self._metas)
@@ -480,19 +597,19 @@ class TorchReader(Reader):
         if self.state_path:
             others = [k for k in self.container if k != self.state_path[0]]
             out = {"state_key": ".".join(self.state_path), "container_keys": others}
-        if self._inert:
-            out["inert_globals"] = sorted(pickles.printable(n) for n in self._inert)
+        if self._used_inert():
+            out["inert_globals"] = sorted(pickles.printable(n) for n in self._used_inert())
         return out
 
     @property
     def has_inert(self) -> bool:
         """Whether the container holds objects kept as inert data (see ``pickles``)."""
-        return bool(self._inert)
+        return bool(self._used_inert())
 
     def warnings(self) -> list[str]:
-        if not self._inert:
+        if not self._used_inert():
             return []
-        names = sorted(pickles.printable(n) for n in self._inert)
+        names = sorted(pickles.printable(n) for n in self._used_inert())
         shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
         return [f"kept {len(names)} pickled type(s) as inert data, never imported or run: {shown}"]
 
@@ -526,8 +643,17 @@ def save_pt(f, obj, *, inert: bool = False) -> None:
 
     w = _WriteErrors(f)
     try:
-        if inert:
-            torch.save(obj, w, pickle_module=pickles.INERT_PICKLE)
+        if inert:  # the pure-Python pickler takes ~3 frames a level; nesting is bounded by MAX_DEPTH
+            import sys
+
+            from ..limits import MAX_DEPTH
+
+            old = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(old, 8 * MAX_DEPTH + 1000))
+            try:
+                torch.save(obj, w, pickle_module=pickles.INERT_PICKLE)
+            finally:
+                sys.setrecursionlimit(old)
         else:
             torch.save(obj, w)
     except RuntimeError:
