@@ -50,6 +50,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_OK, CkptfixError, UsageError
+from .formats import atomic
 from .formats.atomic import TMP_PREFIX, clean_stale, fsync_dir, temp_path_for
 from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_path
@@ -286,10 +287,7 @@ def publish(staged: Path, dest: Path) -> None:
 
 def remove_staged(staged: Path) -> None:
     with contextlib.suppress(OSError):
-        if staged.is_dir() and not staged.is_symlink():
-            shutil.rmtree(staged)
-        else:
-            staged.unlink()
+        atomic.remove(staged)
 
 
 # ---------------------------------------------------------------------------------------------

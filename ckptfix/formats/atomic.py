@@ -44,7 +44,7 @@ def clean_stale(directory: Path) -> list[Path]:
     for p in entries:
         m = _TMP_NAME.match(p.name)
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            _remove(p)
+            remove(p)
             removed.append(p)
     return removed
 
@@ -62,7 +62,8 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def _remove(p: Path) -> None:
+def remove(p: Path) -> None:
+    """Remove a file or a directory tree (ours: a temporary output); gone already is fine."""
     with contextlib.suppress(FileNotFoundError):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -82,7 +83,7 @@ def atomic_file(dest: str | Path):
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
 
 
@@ -111,11 +112,11 @@ def atomic_dir(dest: str | Path, *, replace: bool = False):
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         if old is not None and not dest.exists():
             os.replace(old, dest)
             old = None
         raise
     finally:
         if old is not None:
-            _remove(old)
+            remove(old)
