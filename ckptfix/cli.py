@@ -213,6 +213,7 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
 
     def go():
         from . import api
+        from .execute import check_output, inputs_of
         from .formats.atomic import atomic_file
         from .render import fit_text, steps_text
         from .suggest import suggest as run_suggest
@@ -221,7 +222,11 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
         tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
         if out is not None and Path(out).exists() and not force:
             raise UsageError(f"{out}: already exists (use --force to replace it)")
+        if out is not None and Path(out).is_dir():
+            raise UsageError(f"{out}: is a directory; give the rules file's path")
         with opts.open(ckpt) as r:
+            if out is not None:  # never onto the checkpoint (any of its files) or the target's file
+                check_output(inputs_of(ckpt, None, tgt.files), Path(out), force, r)
             sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), source_format=r.format,
                               target_spec=_relative_to(target, Path(out).parent if out else None)
                               if not target_kwargs else None, source=str(ckpt))
@@ -408,6 +413,7 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
     jobs_ = batch.plan_jobs(inputs, odir, settings.fmt)
     if out is not None and jobs_:
         jobs_[0].output = out
+    batch.refuse_onto_inputs(jobs_, settings.input_files())
     sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     t0 = time.monotonic()
 

@@ -209,3 +209,128 @@ def test_closed_stdout_pipe_is_a_quiet_exit(tmp_path, json_out):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == EXIT_BROKEN_PIPE, err
     assert err == ""
+
+
+# ----------------------------------------------------------------------------- F6
+
+def _linear(p: Path) -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(1)
+    save_file({"weight": torch.randn(4, 3, generator=g), "bias": torch.randn(4, generator=g)}, p)
+    return p
+
+
+def _rules(p: Path, text: str = "ckptfix: 1\nrules: []\n") -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    return p
+
+
+def _unchanged(*paths):
+    return {p: p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_onto_the_target_checkpoint_is_refused(cli, tmp_path, force):
+    """F6: `apply small -r /dev/null -o tgt --force --target tgt` replaced the target."""
+    src, tgt = _linear(tmp_path / "small.safetensors"), _linear(tmp_path / "tgt2.safetensors")
+    before = _unchanged(src, tgt)
+    line = _one_line_error(cli("apply", src, "-o", tgt, "--target", tgt, *force), "overwrite", "the target")
+    assert str(tgt) in line
+    assert _unchanged(src, tgt) == before
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_output_onto_the_rules_file_is_refused(cli, tmp_path, force):
+    """F6: `apply small -r r2.yaml -o r2.yaml --force` overwrote the rules file."""
+    src, rules = _linear(tmp_path / "small.safetensors"), _rules(tmp_path / "r2.yaml")
+    before = _unchanged(src, rules)
+    _one_line_error(cli("apply", src, "-r", rules, "-o", rules, "--format", "safetensors", *force),
+                    "overwrite", "the rules file")
+    assert _unchanged(src, rules) == before
+
+
+@pytest.mark.parametrize("how", ["path", "symlink", "hardlink", "nested"])
+def test_output_onto_an_included_rules_file_is_refused(cli, tmp_path, how):
+    src = _linear(tmp_path / "small.safetensors")
+    deep = _rules(tmp_path / "rules" / "deep.yaml", "ckptfix: 1\nrules:\n  - rename: {pattern: '^bias$', replace: bias}\n")
+    inc = _rules(tmp_path / "rules" / "inc.yaml", "ckptfix: 1\ninclude: deep.yaml\nrules:\n"
+                 "  - rename: {pattern: '^weight$', replace: weight}\n")
+    top = _rules(tmp_path / "rules" / "top.yaml", "ckptfix: 1\ninclude: [inc.yaml]\nrules: []\n")
+    out, victim = (deep, deep) if how == "nested" else (inc, inc)
+    if how in ("symlink", "hardlink"):
+        out = tmp_path / "out.safetensors"
+        out.symlink_to(inc) if how == "symlink" else os.link(inc, out)
+    before = _unchanged(src, deep, inc, top)
+    _one_line_error(cli("apply", src, "-r", top, "-o", out, "--force", "--format", "safetensors"),
+                    "overwrite", "the rules file", victim.name)
+    assert _unchanged(src, deep, inc, top) == before
+
+
+@pytest.mark.parametrize("where", ["command line", "rules file"])
+def test_output_onto_the_target_factory_py_is_refused(cli, tmp_path, where):
+    src = _linear(tmp_path / "small.safetensors")
+    net = tmp_path / "net.py"
+    net.write_text("import torch\n\n\ndef Net():\n    return torch.nn.Linear(3, 4)\n")
+    before = _unchanged(src, net)
+    if where == "command line":
+        args = ["--target", f"{net}:Net"]
+    else:
+        args = ["-r", _rules(tmp_path / "r.yaml", "ckptfix: 1\ntarget: net.py:Net\nrules: []\n")]
+    _one_line_error(cli("apply", src, *args, "-o", net, "--force", "--format", "safetensors"),
+                    "overwrite", "the target", "net.py")
+    assert _unchanged(src, net) == before
+
+
+def test_output_onto_a_layer_spec_yaml_is_refused(cli, tmp_path):
+    src = _linear(tmp_path / "small.safetensors")
+    spec = _rules(tmp_path / "spec.yaml", "Linear(3, 4)\n")
+    before = _unchanged(src, spec)
+    _one_line_error(cli("apply", src, "--target", spec, "-o", spec, "--force", "--format", "safetensors"),
+                    "the target")
+    assert _unchanged(src, spec) == before
+
+
+def test_the_check_does_not_refuse_ordinary_outputs(cli, tmp_path):
+    src = _linear(tmp_path / "small.safetensors")
+    rules = _rules(tmp_path / "r.yaml", "ckptfix: 1\ntarget: Linear(3, 4)\nrules: []\n")
+    r = cli("apply", src, "-r", rules, "-o", tmp_path / "out.safetensors")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_suggest_output_onto_the_target_or_the_checkpoint_is_refused(cli, tmp_path):
+    src = _linear(tmp_path / "small.safetensors")
+    spec = _rules(tmp_path / "spec.yaml", "Linear(3, 4)\n")
+    before = _unchanged(src, spec)
+    _one_line_error(cli("suggest", src, "--target", spec, "-o", spec, "--force"), "the target")
+    _one_line_error(cli("suggest", src, "--target", spec, "-o", src, "--force"), "the input")
+    assert _unchanged(src, spec) == before
+    r = cli("suggest", src, "--target", spec, "-o", tmp_path / "fix.yaml")
+    assert r.exit_code == 0, r.stderr
+
+
+def test_batch_output_onto_the_target_checkpoint_is_refused(cli, tmp_path):
+    """--out-dir whose computed output is the target: refused up front, nothing run."""
+    src = _linear(tmp_path / "in" / "a.safetensors")
+    tgt = _linear(tmp_path / "out" / "a.safetensors")
+    before = _unchanged(src, tgt)
+    for extra in ([], ["--force"], ["--jobs", "1", "--force"]):
+        _one_line_error(cli("apply", src, "--out-dir", tmp_path / "out", "--target", tgt, *extra),
+                        "the target")
+    assert _unchanged(src, tgt) == before
+
+
+def test_batch_output_onto_a_rules_file_or_an_input_is_refused(cli, tmp_path):
+    a = _linear(tmp_path / "d" / "a.safetensors")
+    b = _linear(tmp_path / "e" / "b.safetensors")
+    rules = _rules(tmp_path / "out" / "a.safetensors")  # a rules file where a's output would go
+    before = _unchanged(a, b, rules)
+    _one_line_error(cli("apply", a, "--out-dir", tmp_path / "out", "-r", rules, "--force"),
+                    "the rules file", "a.safetensors")
+    rules.unlink()
+    (tmp_path / "out" / "b.safetensors").symlink_to(b)  # b's output would write through to b
+    _one_line_error(cli("apply", a, b, "--out-dir", tmp_path / "out", "--force", "--keep-going"),
+                    "the input", "b.safetensors")
+    _one_line_error(cli("apply", a, b, "--out-dir", tmp_path / "d", "--force"), "the input", "a.safetensors")
+    del before[rules]
+    assert _unchanged(a, b) == before
