@@ -105,17 +105,21 @@ def test_blob_links_out_of_a_real_blobs_directory_are_refused(cli, tmp_path):
     _one_line_error(cli("apply", snap, "-o", tmp_path / "o.safetensors"), "outside")
 
 
-def test_snapshots_symlinked_elsewhere_is_not_a_cache(cli, tmp_path):
-    """A `snapshots` that is itself a symlink: its real parent has no blobs beside it."""
+def test_a_link_to_a_cache_snapshot_trusts_only_that_cache(cli, tmp_path):
+    """A `snapshots` reached through a symlink: the real cache's blobs are trusted, never the
+    `blobs -> /` beside the link."""
     snap = _hf_cache(tmp_path)
-    repo = snap.parent.parent
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "snapshots").symlink_to(repo / "snapshots")
+    (fake / "snapshots").symlink_to(snap.parent)
     (fake / "blobs").symlink_to("/")
-    # read through the real cache it still works; through the fake it reads the real cache too
     r = cli("inspect", fake / "snapshots" / snap.name)
     assert r.exit_code == 0, r.stderr
+    secret = tmp_path / "secret.safetensors"
+    save_file({"layer1.weight": torch.full((4, 3), SECRET)}, secret)
+    (snap / "model-00002-of-00002.safetensors").unlink()
+    (snap / "model-00002-of-00002.safetensors").symlink_to(fake / "blobs" / str(secret).lstrip("/"))
+    _one_line_error(cli("inspect", fake / "snapshots" / snap.name), "outside")
 
 
 # ----------------------------------------------------------------------------- F10
@@ -133,13 +137,17 @@ def test_forged_top_level_key_is_one_line(cli, tmp_path):
     _no_escapes(r)
 
 
-@pytest.mark.parametrize("cmd", ["inspect", "diff", "apply-rules", "apply"])
+@pytest.mark.parametrize("cmd", ["inspect", "inspect-json", "diff", "apply-rules", "apply"])
 def test_forged_tensor_name_is_escaped_everywhere(cli, tmp_path, cmd):
     p = _pt(tmp_path / "h2.pt", {"w" + FORGED: torch.arange(4.0), "ok.weight": torch.zeros(2)})
     if cmd == "inspect":
         r = cli("inspect", p)
         assert r.exit_code == 0, r.stderr
         assert "w\\nckptfix: error: forged second line\\x1b[31mRED" in r.stdout
+    elif cmd == "inspect-json":
+        r = cli("inspect", p, "--json")
+        assert r.exit_code == 0, r.stderr
+        assert "w" + FORGED in [t["name"] for t in json.loads(r.stdout)["tensors"]]
     elif cmd == "diff":
         r = cli("diff", p, "--target", "Linear(3, 4)")
         assert r.exit_code == 1, r.stderr
