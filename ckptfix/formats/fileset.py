@@ -49,18 +49,16 @@ def hf_cache_blobs(root: Path) -> Path | None:
     revisions, ``<repo>/snapshots/<rev>``: ``<repo>/blobs`` must be a directory itself, not a
     symlink, beside ``snapshots``. The path returned is that lexical ``<repo>/blobs``, never a
     symlink's target, so nothing in a checkpoint's own tree can widen where it may read."""
-    snapshots, repo = root.parent, root.parent.parent
-    if snapshots.name != HF_SNAPSHOTS or repo == snapshots or root.name in ("", ".", ".."):
+    if root.parent.name != HF_SNAPSHOTS:
         return None
-    blobs = repo / HF_BLOBS
+    blobs = root.parent.parent / HF_BLOBS  # root has no symlink in it: nor has this, bar blobs
     try:
         st = os.lstat(blobs)
-        own = os.lstat(snapshots)
     except OSError:
         return None
-    if not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(own.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         return None  # a symlink (``blobs -> /``) or anything else: no exception to containment
-    return blobs
+    return blobs  # lexical: were blobs swapped for a symlink later, what it reaches is outside
 
 
 class Handle:
