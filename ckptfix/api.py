@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from . import layers as L
 from . import target as targets
 from .errors import CkptfixError, DoesNotFit
-from .execute import check_output, execute, output_format
+from .execute import check_output, execute, inputs_of, output_format
 from .formats import open_checkpoint
 from .plan import Fit, Plan, count_params, fit_report, make_plan
 from .rules import RulesFile, load_rules
@@ -82,7 +82,8 @@ def compose_rules(refs: Iterable[str | Path | RulesFile]) -> RulesFile:
     """Several rules files applied in order; the last one naming a target wins."""
     files = [ref if isinstance(ref, RulesFile) else load_rules(ref) for ref in refs]
     merged = RulesFile(rules=[r for f in files for r in f.rules], source=", ".join(f.source for f in files),
-                       layer_classes={k: v for f in files for k, v in (f.layer_classes or {}).items()} or None)
+                       layer_classes={k: v for f in files for k, v in (f.layer_classes or {}).items()} or None,
+                       files=[p for f in files for p in f.files])
     for f in files:
         if f.target is not None:
             merged.target, merged.target_kwargs, merged.base_dir = f.target, f.target_kwargs, f.base_dir
@@ -154,7 +155,7 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
         plan, reader = plan_file(path, rf, target, target_kwargs=target_kwargs, opts=opts)
         with reader:
             if out is not None and not dry_run:
-                check_output([Path(path)], Path(out), force, reader)
+                check_output(inputs_of(path, rf, plan.target.files if plan.target else ()), Path(out), force, reader)
             res.plan, res.steps, res.fit = plan, plan.steps, plan.fit
             res.params = count_params(plan.metas, plan.target)
             res.target_params = plan.target.params if plan.target else None

@@ -100,26 +100,38 @@ class Settings:
         doc = {"rules": [[r.op, r.spec.model_dump(mode="json"), r.expect.model_dump(mode="json") if r.expect
                           else None, r.optional] for r in rules.rules],
                "target": self.target or rules.target,
-               "target_file": _file_digest(self.target or rules.target, rules.base_dir),
+               "target_file": _file_digest(*self._target(rules)),
                "target_kwargs": self.target_kwargs or rules.target_kwargs,
                "layer_classes": rules.layer_classes, "fmt": self.fmt, "shard_size": self.shard_size,
                "state_key": self.state_key, "allow_globals": sorted(self.allow_globals),
                "allow_outside_files": self.allow_outside_files}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
+    def input_files(self) -> list[tuple[str, Path]]:
+        """What the run reads besides its checkpoints: the rules files (includes too) and the file
+        the target names. No output of the run may be one of them."""
+        from .api import compose_rules
+        from .execute import inputs_of
+        from .target import named_file
+
+        rules = compose_rules(self.rules)
+        named = named_file(*self._target(rules))
+        return inputs_of(None, rules, [named] if named is not None else [])
+
+    def _target(self, rules) -> tuple:
+        """The target spec and the directory it is relative to (the command line's: none)."""
+        return (self.target, None) if self.target else (rules.target, rules.base_dir)
+
 
 def _file_digest(spec, base: Path | None) -> str | None:
     """sha256 of a target that names a file (a checkpoint, a layer spec, a factory .py)."""
-    if not isinstance(spec, str):
+    from .target import named_file
+
+    p = named_file(spec, base)
+    try:
+        return sha256_path(p) if p is not None and p.is_file() else None
+    except OSError:
         return None
-    name = spec.rsplit(":", 1)[0] if spec.count(":") == 1 and ".py:" in spec else spec
-    for p in ([base / name] if base else []) + [Path(name)]:
-        try:
-            if p.exists():
-                return sha256_path(p)
-        except OSError:
-            return None
-    return None
 
 
 @dataclass
@@ -203,6 +215,17 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: Path | None, fmt: str | 
         jobs.append(Job(i, str(inp), str(out_dir / key), key, recs[-1] if recs else None,
                         [r["output_sha256"] for r in recs if r.get("output_sha256")]))
     return jobs
+
+
+def refuse_onto_inputs(jobs: list[Job], reads: list[tuple[str, Path]]) -> None:
+    """Up front: no output of the run may be any file the run reads (every job's input, the
+    rules files, the target's file), whatever --force says."""
+    from .execute import InputSet
+
+    guard = InputSet([("the input", Path(j.input)) for j in jobs] + list(reads))
+    for j in jobs:
+        if j.output is not None:
+            guard.refuse(Path(j.output))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import List, Optional
 
 import typer
 
-from .errors import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError, UsageError
+from .errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError,
+                     UsageError, one_line, printable)
 from .batch import DEFAULT_TIMEOUT
 from .progress import Bar
 
@@ -22,22 +25,31 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 _state = {"debug": False}
 
 
+# Everything shown on a terminal goes through errors.one_line / printable: a message is one line
+# and no string from a file (a tensor name, a key, a shard name) can forge a line or send escapes.
+
 def _err(msg: str) -> None:
-    print(f"ckptfix: error: {msg}", file=sys.stderr)
+    print(f"ckptfix: error: {one_line(msg)}", file=sys.stderr)
 
 
 def _warn(msg: str) -> None:
-    print(f"ckptfix: warning: {msg}", file=sys.stderr)
+    print(f"ckptfix: warning: {one_line(msg)}", file=sys.stderr)
 
 
 def _note(msg: str) -> None:
-    print(f"ckptfix: {msg}", file=sys.stderr, flush=True)
+    print(f"ckptfix: {one_line(msg)}", file=sys.stderr, flush=True)
+
+
+def _out(text: str, *, file=None, flush: bool = False) -> None:
+    """A text report (several lines) on stdout (or ``file``), every control but newline escaped."""
+    print(printable(text), file=file or sys.stdout, flush=flush)
 
 
 def _run(fn, *args, **kwargs) -> int:
     """Call ``fn``; turn every failure into one line on stderr and an exit code."""
     try:
         code = fn(*args, **kwargs)
+        sys.stdout.flush()  # a reader that went away is seen here, not at the interpreter's exit
         return EXIT_OK if code is None else code
     except CkptfixError as e:
         if _state["debug"]:
@@ -48,10 +60,25 @@ def _run(fn, *args, **kwargs) -> int:
         _err("interrupted")
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug, or a failure mode we have not mapped yet
+        if isinstance(e, OSError) and e.errno == errno.EPIPE:  # BrokenPipeError, or EPIPE raw
+            return _reader_gone()
         if _state["debug"]:
             raise
         _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
         return EXIT_BAD_INPUT
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``ckptfix inspect x | head -1``): stop quietly, as a
+    program killed by SIGPIPE would. stdout then points at /dev/null so that the interpreter's
+    flush at exit has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _exit(code: int) -> None:
@@ -137,7 +164,7 @@ def inspect(ckpt: str, as_json: bool = Json, state_key: Optional[str] = StateKey
         if as_json:
             _emit_json(info)
         else:
-            print(inspect_text(info))
+            _out(inspect_text(info))
     _exit(_run(go))
 
 
@@ -158,7 +185,7 @@ def diff(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="Chec
         if as_json:
             _emit_json(fit.to_json())
         else:
-            print(fit_text(fit, str(ckpt), tgt.description))
+            _out(fit_text(fit, str(ckpt), tgt.description))
         return EXIT_OK if fit.fits else EXIT_DOES_NOT_FIT
     _exit(_run(go))
 
@@ -186,6 +213,7 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
 
     def go():
         from . import api
+        from .execute import check_output, inputs_of
         from .formats.atomic import atomic_file
         from .render import fit_text, steps_text
         from .suggest import suggest as run_suggest
@@ -194,7 +222,11 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
         tgt = api.resolve_target(target, kwargs=_kwargs(target_kwargs), opts=opts)
         if out is not None and Path(out).exists() and not force:
             raise UsageError(f"{out}: already exists (use --force to replace it)")
+        if out is not None and Path(out).is_dir():
+            raise UsageError(f"{out}: is a directory; give the rules file's path")
         with opts.open(ckpt) as r:
+            if out is not None:  # never onto the checkpoint (any of its files) or the target's file
+                check_output(inputs_of(ckpt, None, tgt.files), Path(out), force, r)
             sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), source_format=r.format,
                               target_spec=_relative_to(target, Path(out).parent if out else None)
                               if not target_kwargs else None, source=str(ckpt))
@@ -206,13 +238,13 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
                         "steps": [s.to_json() for s in sug.plan.steps], **sug.unmatched})
         else:
             if out is None:
-                print(sug.text.rstrip())
+                _out(sug.text.rstrip())
             if sug.plan.steps:
-                print(f"{ckpt}: plan of the suggested rules (dry run)")
-                print(steps_text(sug.plan))
-            print(fit_text(sug.plan.fit, "result", tgt.description))
+                _out(f"{ckpt}: plan of the suggested rules (dry run)")
+                _out(steps_text(sug.plan))
+            _out(fit_text(sug.plan.fit, "result", tgt.description))
             if out is not None:
-                print(f"wrote {out}" + ("" if sug.fits else " (incomplete: see above)"))
+                _out(f"wrote {out}" + ("" if sug.fits else " (incomplete: see above)"))
         return EXIT_OK if sug.fits else EXIT_DOES_NOT_FIT
     _exit(_run(go))
 
@@ -240,7 +272,7 @@ def explain(source: str = typer.Argument("-", help="A file holding the pasted er
         if as_json:
             _emit_json(info)
         else:
-            print(explain_text(info))
+            _out(explain_text(info))
     _exit(_run(go))
 
 
@@ -255,15 +287,15 @@ def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
             _warn(w)
         return
     if res.plan is not None and res.plan.steps:
-        print(f"{res.input}: plan")
-        print(steps_text(res.plan))
+        _out(f"{res.input}: plan")
+        _out(steps_text(res.plan))
     if res.fit is not None and res.plan is not None:
-        print(fit_text(res.fit, "result" if res.plan.steps else res.input, res.plan.target.description))
+        _out(fit_text(res.fit, "result" if res.plan.steps else res.input, res.plan.target.description))
     if res.ok:
         if res.output and verb == "apply":
-            print(f"wrote {res.output}")
+            _out(f"wrote {res.output}")
         elif verb == "dry-run":
-            print("dry run: nothing read beyond metadata, nothing written")
+            _out("dry run: nothing read beyond metadata, nothing written")
     for w in res.warnings:
         _warn(w)
 
@@ -381,6 +413,7 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
     jobs_ = batch.plan_jobs(inputs, odir, settings.fmt)
     if out is not None and jobs_:
         jobs_[0].output = out
+    batch.refuse_onto_inputs(jobs_, settings.input_files())
     sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     t0 = time.monotonic()
 
@@ -392,7 +425,7 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
         if as_json:
             print(line, flush=True)
         elif not quiet:
-            print(batch_line(rec), flush=True)
+            _out(batch_line(rec), flush=True)
         if rec["status"] == "failed" and not as_json:
             _err(rec["error"])
         for w in rec.get("warnings") or []:
@@ -405,7 +438,7 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
         if sink:
             sink.close()
     if not quiet:
-        print(batch_summary(records, time.monotonic() - t0), file=sys.stderr if as_json else sys.stdout)
+        _out(batch_summary(records, time.monotonic() - t0), file=sys.stderr if as_json else sys.stdout)
     return max((r.get("exit_code") or 0 for r in records), default=EXIT_OK)
 
 
@@ -446,7 +479,7 @@ def check(ckpts: List[str] = typer.Argument(..., help="Checkpoint(s) to check, o
                 if res.fit is not None and not quiet:
                     from .render import fit_text
 
-                    print(fit_text(res.fit, str(inp), tgt.description))
+                    _out(fit_text(res.fit, str(inp), tgt.description))
                 if res.error and res.exit_code != EXIT_DOES_NOT_FIT:
                     _err(res.error)
             worst = max(worst, res.exit_code)
@@ -475,7 +508,7 @@ def presets() -> None:
                 if line.startswith("#"):
                     first = line.lstrip("# ").strip()
                     break
-            print(f"{name:32} {first}")
+            _out(f"{name:32} {first}")
     _exit(_run(go))
 
 

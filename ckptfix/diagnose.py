@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .errors import one_line
 from . import layers as L
 from . import layouts
 from .tensors import TensorMeta, fmt_shape
@@ -178,15 +179,24 @@ def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int) 
 
 def rules_yaml(causes: list[Cause]) -> str:
     """The fixing rules as a commented YAML snippet."""
-    import yaml
-
     lines = ["rules:"]
     for c in causes:
         if not c.rules:
             continue
-        lines.append(f"  # {'review: ' if c.review else ''}{c.message}")
+        lines.append(f"  # {'review: ' if c.review else ''}{one_line(c.message)}")
         for r in c.rules:
             for op, body in r.items():
-                text = yaml.safe_dump(body, default_flow_style=True, sort_keys=False, width=200).strip()
-                lines.append(f"  - {op}: {text.removesuffix('...').strip()}")
+                lines.append(rule_line(op, body))
     return "\n".join(lines) + "\n" if len(lines) > 1 else ""
+
+
+def rule_line(op: str, body) -> str:
+    """``  - op: {field: value, ...}``, one line whatever the values hold (a name with a newline
+    is written double-quoted, ``"a\\nb"``, where YAML would otherwise fold it over lines)."""
+    import yaml
+
+    text = yaml.safe_dump(body, default_flow_style=True, sort_keys=False, width=float("inf")).strip()
+    if "\n" in text.removesuffix("...").strip():
+        text = yaml.safe_dump(body, default_flow_style=True, sort_keys=False, width=float("inf"),
+                              default_style='"').strip()
+    return f"  - {op}: {text.removesuffix('...').strip()}"

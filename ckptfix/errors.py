@@ -6,12 +6,42 @@ Library code raises these; only the CLI turns them into a message on stderr and 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 EXIT_OK = 0
 EXIT_DOES_NOT_FIT = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a pipeline writer killed by the reader
+
+# What a string read from a file must never carry onto a terminal: C0 and C1 controls and DEL
+# (newlines, ESC sequences, carriage returns), the Unicode line and paragraph separators, the
+# bidirectional overrides (text that displays other than it reads), and lone surrogates (a
+# filename's undecodable bytes, which cannot even be printed).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match) -> str:
+    c = m.group()
+    if c in _NAMED:
+        return _NAMED[c]
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def one_line(text: object) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``,
+    ``\\u2028``): always one line, never a terminal escape sequence; other Unicode is kept. Every
+    message and every name from a file goes through this on its way to a terminal."""
+    return _CONTROLS.sub(_escape, str(text))
+
+
+def printable(text: object) -> str:
+    """Multi-line text (a report) whose lines are each ``one_line``: newlines kept, every other
+    control escaped. The guard at the stdout boundary; names inside it are escaped already."""
+    return "\n".join(one_line(line) for line in str(text).split("\n"))
 
 
 class CkptfixError(Exception):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sys
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,16 +363,67 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
     return Written(out, "pt", len(state), size, [out], warnings)
 
 
-def check_output(inputs: list[Path], out: Path, force: bool, reader: Reader | None = None) -> None:
-    """Refuse an output that is an input, or any file the input consists of (``reader``'s file
-    set: shards, index, a TF .index/.data, hard links to them), or that exists (unless force)."""
+def inputs_of(path, rules=None, target_files=()) -> list[tuple[str, Path]]:
+    """Every file a command reads, each with what it is for messages: the input checkpoint
+    (``path``), the rules files and all they include (``RulesFile.files``), the file the target
+    names (``Target.files``). An output may be none of them."""
+    found = [("the input", Path(path))] if path is not None else []
+    found += [("the rules file", Path(p)) for p in (rules.files if rules is not None else [])]
+    return found + [("the target", Path(p)) for p in target_files]
+
+
+class InputSet:
+    """Files a command reads (``Path``s, or ``(what, path)`` from ``inputs_of``), indexed once so
+    that ``refuse`` costs a few lookups per output however many inputs a batch has."""
+
+    def __init__(self, inputs) -> None:
+        self._real: dict[Path, tuple[str, Path]] = {}
+        self._inode: dict[tuple[int, int], tuple[str, Path]] = {}
+        self._dirs: dict[Path, tuple[str, Path]] = {}
+        for item in inputs:
+            what, i = item if isinstance(item, tuple) else ("the input", Path(item))
+            real = Path(os.path.realpath(i))  # not Path.resolve(): it raises on a symlink loop
+            self._real.setdefault(real, (what, i))
+            try:
+                st = os.stat(i)
+            except OSError:
+                continue
+            self._inode.setdefault((st.st_dev, st.st_ino), (what, i))
+            if stat.S_ISDIR(st.st_mode):
+                self._dirs.setdefault(real, (what, i))
+
+    def refuse(self, out: Path) -> None:
+        """Refuse ``out`` if it is one of the inputs: the same real path, the same inode (a hard
+        link), a path inside an input directory, or a directory holding an input."""
+        from .errors import UsageError
+
+        out = Path(out)
+        o = Path(os.path.realpath(out))
+        try:
+            st = os.stat(out)
+        except OSError:
+            st = None
+        hit = self._real.get(o) or (st is not None and self._inode.get((st.st_dev, st.st_ino)))
+        hit = hit or next((self._dirs[d] for d in o.parents if d in self._dirs), None)
+        if not hit and st is not None and stat.S_ISDIR(st.st_mode):
+            hit = next((v for r, v in self._real.items() if o in r.parents), None)
+        if hit:
+            what, i = hit
+            raise UsageError(f"{out}: output would overwrite {what} {i}; choose another path")
+
+
+def refuse_inputs(inputs, out: Path) -> None:
+    """``InputSet(inputs).refuse(out)``: one output, one command's inputs."""
+    InputSet(inputs).refuse(out)
+
+
+def check_output(inputs, out: Path, force: bool, reader: Reader | None = None) -> None:
+    """Refuse an output that is any input of the command (``refuse_inputs``), or any file the
+    input checkpoint consists of (``reader``'s file set: shards, index, a TF .index/.data, hard
+    links to them), or that exists (unless force). Refused with or without force."""
     from .errors import UsageError
 
-    o = Path(os.path.realpath(out))  # not Path.resolve(): it raises on a symlink loop
-    for i in inputs:
-        ir = Path(os.path.realpath(i))
-        if o == ir or (ir.is_dir() and ir in o.parents) or (o.is_dir() and (ir == o or o in ir.parents)):
-            raise UsageError(f"{out}: output would overwrite the input {i}; choose another path")
+    refuse_inputs(inputs, out)
     if reader is not None:
         reader.fileset.refuse_as_output(out)
     if out.exists() and not force:
@@ -387,4 +439,4 @@ def _is_sharded_output(d: Path) -> bool:
         n == SHARD_INDEX or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
 
 
-__all__ = ["execute", "output_format", "check_output", "Written"]
+__all__ = ["execute", "output_format", "check_output", "inputs_of", "InputSet", "refuse_inputs", "Written"]

@@ -57,6 +57,9 @@ class Bar(Progress):
 
     def _show(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
+
+        from .errors import one_line
         from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress, TextColumn,
                                    TimeRemainingColumn, TransferSpeedColumn)
 
@@ -66,7 +69,8 @@ class Bar(Progress):
             bar = RichProgress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                                TextColumn("{task.fields[tensors]}"), TransferSpeedColumn(), TimeRemainingColumn(),
                                console=Console(file=self.stream), transient=True)
-            task = bar.add_task(self._label, total=self._total or None, completed=self._done,
+            # the label is a path: shown as text (no rich markup, no control characters)
+            task = bar.add_task(escape(one_line(self._label)), total=self._total or None, completed=self._done,
                                 tensors=self._tensor_text())
             bar.start()
             self._shown = (bar, task)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from .errors import one_line as _s
 from .plan import Fit, Plan
 from .tensors import fmt_shape
 
+# Names, keys, paths and messages come from files: each goes in through ``_s`` (errors.one_line),
+# so a name can neither forge a line of the report nor send a terminal escape.
+
 
 def _table(rows: list[list[str]], header: list[str] | None = None, indent: str = "  ") -> str:
-    allrows = ([header] if header else []) + rows
+    allrows = [[_s(c) for c in r] for r in ([header] if header else []) + rows]
     if not allrows:
         return ""
     widths = [max(len(r[i]) for r in allrows) for i in range(len(allrows[0]))]
@@ -22,10 +26,11 @@ def human_count(n: int) -> str:
 
 
 def inspect_text(info: dict) -> str:
-    out = [f"{info['path']}: {info['format']}, {len(info['tensors'])} tensors, "
+    out = [f"{_s(info['path'])}: {_s(info['format'])}, {len(info['tensors'])} tensors, "
            f"{human_count(info['params'])} params"]
     if info.get("state_key"):
-        out.append(f"state dict at {info['state_key']!r}; other entries: {', '.join(map(str, info.get('container_keys', [])))}")
+        out.append(f"state dict at {_s(repr(info['state_key']))}; other entries: "
+                   f"{', '.join(map(_s, info.get('container_keys', [])))}")
     rows = []
     for t in info["tensors"]:
         rows.append([t["name"], fmt_shape(t["shape"]), "-> " + t["reads_as"] if t["reads_as"] else "", t["dtype"]])
@@ -35,33 +40,34 @@ def inspect_text(info: dict) -> str:
     out.append(_table(rows, ["layer", "reads as", "params"]))
     out.append(f"total params: {human_count(info['params'])}")
     for w in info.get("warnings", []):
-        out.append(f"warning: {w}")
+        out.append(f"warning: {_s(w)}")
     return "\n".join(out)
 
 
 def fit_text(fit: Fit, what: str, target_desc: str) -> str:
     out = []
+    what, target_desc = _s(what), _s(target_desc)
     if fit.fits:
         out.append(f"{what} fits {target_desc} ({human_count(fit.params)} params)")
     else:
         out.append(f"{what} does not fit {target_desc}: {len(fit.mismatched)} mismatched, "
                    f"{len(fit.missing)} missing, {len(fit.unexpected)} unexpected")
     for m in fit.mismatched:
-        out.append(f"  {m['name']}: {fmt_shape(m['checkpoint'])} vs target {fmt_shape(m['target'])}")
+        out.append(f"  {_s(m['name'])}: {fmt_shape(m['checkpoint'])} vs target {fmt_shape(m['target'])}")
         if m["hint"]:
-            out.append(f"      {m['hint']}")
+            out.append(f"      {_s(m['hint'])}")
     if fit.missing:
         out.append("  missing (in the target, not in the checkpoint): " + _names(fit.missing))
     if fit.unexpected:
         out.append("  unexpected (in the checkpoint, not in the target): " + _names(fit.unexpected))
     out.append(f"  params: {human_count(fit.params)} vs target {human_count(fit.target_params)}")
     for n in fit.notes:
-        out.append(f"  note: {n}")
+        out.append(f"  note: {_s(n)}")
     if fit.causes:
         from .diagnose import rules_yaml
 
         out.append("cause:" if len(fit.causes) == 1 else "causes:")
-        out += [f"  - {c.message}" for c in fit.causes]
+        out += [f"  - {_s(c.message)}" for c in fit.causes]
         fix = rules_yaml(fit.causes)
         if fix:
             out.append("rules that fix it:")
@@ -70,7 +76,7 @@ def fit_text(fit: Fit, what: str, target_desc: str) -> str:
 
 
 def _names(names: list[str], limit: int = 8) -> str:
-    s = ", ".join(names[:limit])
+    s = ", ".join(map(_s, names[:limit]))
     return s + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
@@ -110,14 +116,14 @@ def explain_text(info: dict) -> str:
                   for m in info["mismatches"] if m["layer"]["checkpoint_params"] is not None
                   and m["layer"]["model_params"] is not None}
         for desc, a, b in sorted(params, key=str):
-            out.append(f"  {desc}: {human_count(a)} params in the checkpoint, {human_count(b)} in the model")
+            out.append(f"  {_s(desc)}: {human_count(a)} params in the checkpoint, {human_count(b)} in the model")
     if info["missing"]:
         out.append("missing (the model has them, the checkpoint does not): " + _names(info["missing"]))
     if info["unexpected"]:
         out.append("unexpected (the checkpoint has them, the model does not): " + _names(info["unexpected"]))
     out.append("cause:" if len(info["causes"]) == 1 else "causes:")
     for c in info["causes"] or [{"message": "not recognised: compare the shapes above", "fixable": False}]:
-        out.append(f"  - {c['message']}")
+        out.append(f"  - {_s(c['message'])}")
     if info["rules_yaml"]:
         out.append("a rules file that fixes it (ckptfix apply CKPT -r fix.yaml -o OUT):")
         out.append(info["rules_yaml"].rstrip())
@@ -129,13 +135,14 @@ def explain_text(info: dict) -> str:
 def batch_line(rec: dict) -> str:
     """One line per input of a batch, as it finishes."""
     took = f" ({rec['seconds']:.2f} s)" if rec.get("seconds") is not None else ""
+    inp = _s(rec["input"])
     if rec["status"] == "done":
-        where = f" -> {rec['output']}" if rec.get("output") else ""
+        where = f" -> {_s(rec['output'])}" if rec.get("output") else ""
         fits = "" if rec.get("fits") is None else (" (fits)" if rec["fits"] else " (does not fit)")
-        return f"done     {rec['input']}{where}{fits}{took}"
+        return f"done     {inp}{where}{fits}{took}"
     if rec["status"] == "skipped":
-        return f"skipped  {rec['input']}: {rec.get('reason', '')} ({rec.get('output')})"
-    return f"failed   {rec['input']}{took}"
+        return f"skipped  {inp}: {_s(rec.get('reason', ''))} ({_s(rec.get('output'))})"
+    return f"failed   {inp}{took}"
 
 
 def batch_summary(records: list[dict], seconds: float) -> str:
@@ -148,8 +155,8 @@ def batch_summary(records: list[dict], seconds: float) -> str:
     bad = [r for r in records if r["status"] == "failed"]
     if not bad:
         return head
-    width = min(60, max(len(r["input"]) for r in bad))
-    rows = [f"  {r['input']:<{width}}  {_reason(r)}" for r in bad]
+    width = min(60, max(len(_s(r["input"])) for r in bad))
+    rows = [f"  {_s(r['input']):<{width}}  {_s(_reason(r))}" for r in bad]
     return "\n".join([head, "failed:"] + rows)
 
 

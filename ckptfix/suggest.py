@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .errors import one_line
 from . import diagnose as D
 from . import layers as L
 from .plan import Plan, make_plan
@@ -43,17 +44,16 @@ class _Builder:
         self.items: list[tuple[str, dict]] = []   # (comment, rule)
 
     def text(self) -> str:
-        out = self.header + [yaml.safe_dump(self.doc, sort_keys=False, width=200).rstrip()]
+        # comments carry names from the checkpoint: one line each, or a name could add rules
+        out = [one_line(h) for h in self.header] + [yaml.safe_dump(self.doc, sort_keys=False, width=200).rstrip()]
         if not self.items:
             out.append("rules: []")
             return "\n".join(out) + "\n"
         out.append("rules:")
         for comment, rule in self.items:
             if comment:
-                out += [f"  # {ln}" for ln in comment.splitlines()]
-            for op, body in rule.items():
-                flow = yaml.safe_dump(body, default_flow_style=True, sort_keys=False, width=400).strip()
-                out.append(f"  - {op}: {flow.removesuffix('...').strip()}")
+                out += [f"  # {one_line(ln)}" for ln in comment.splitlines()]
+            out += [D.rule_line(op, body) for op, body in rule.items()]
         return "\n".join(out) + "\n"
 
     def plan(self) -> Plan:

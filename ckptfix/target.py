@@ -30,6 +30,8 @@ class Target:
     description: str
     tensors: dict[str, TensorMeta]
     layers: dict[str, L.Layer] = field(default_factory=dict)
+    #: the file it was read from (a checkpoint, a layer-spec YAML, a factory .py), if any
+    files: list[Path] = field(default_factory=list)
 
     @property
     def params(self) -> int:
@@ -182,6 +184,28 @@ def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, **op
     """Resolve anything the command line or a rules file may give as a target. ``base_dir`` is the
     rules file's directory when the target comes from one (relative paths start there; code
     targets are restricted, see ``_check_code_target``)."""
+    t = _resolve(spec, kwargs, base_dir, **open_kwargs)
+    named = named_file(spec, base_dir)
+    t.files = [named] if named is not None else []
+    return t
+
+
+def named_file(spec, base_dir: Path | None = None) -> Path | None:
+    """The file (or checkpoint directory) a target spec names, as ``resolve`` reads it: a
+    checkpoint, a layer-spec YAML, the .py of ``file.py:callable``; None for a layer expression,
+    a mapping or an installed ``module:callable``. An input of the command: never an output."""
+    if not isinstance(spec, str) or not spec.strip():
+        return None
+    p = _near(spec, base_dir)
+    if p.exists():
+        return p
+    mod_ref = spec.rpartition(":")[0]
+    if ":" in spec and mod_ref.endswith(".py") and _near(mod_ref, base_dir).exists():
+        return _near(mod_ref, base_dir)
+    return None
+
+
+def _resolve(spec, kwargs: dict | None, base_dir: Path | None, **open_kwargs) -> Target:
     if isinstance(spec, dict):
         return from_layer_spec(spec, "layer spec")
     if not isinstance(spec, str) or not spec.strip():

@@ -7,7 +7,8 @@ Every reader opens its files through its ``FileSet``; that is the one place that
   directory: the directory the user named, or the one holding the file / index / prefix named.
   The file the user named is taken as named (it may be a symlink to anywhere). One layout is
   recognised beyond that: huggingface_hub's cache, whose ``snapshots/<rev>/`` entries are
-  symlinks to ``../../blobs/``. Anything else is refused unless ``allow_outside``.
+  symlinks to ``../../blobs/`` (only when ``blobs`` is a real directory beside ``snapshots``:
+  ``hf_cache_blobs``). Anything else is refused unless ``allow_outside``.
 * **One handle per file.** A file is opened once; every later read goes through that descriptor
   (``fileio`` accepts a ``Handle`` wherever it takes a path), so a path replaced mid-run cannot
   feed the reader a second file.
@@ -41,6 +42,23 @@ def _inside(p: Path, root: Path) -> bool:
 
 def _signature(st: os.stat_result) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def hf_cache_blobs(root: Path) -> Path | None:
+    """The ``blobs`` directory of huggingface_hub's cache if ``root`` (a real path) is one of its
+    revisions, ``<repo>/snapshots/<rev>``: ``<repo>/blobs`` must be a directory itself, not a
+    symlink, beside ``snapshots``. The path returned is that lexical ``<repo>/blobs``, never a
+    symlink's target, so nothing in a checkpoint's own tree can widen where it may read."""
+    if root.parent.name != HF_SNAPSHOTS:
+        return None
+    blobs = root.parent.parent / HF_BLOBS  # root has no symlink in it: nor has this, bar blobs
+    try:
+        st = os.lstat(blobs)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None  # a symlink (``blobs -> /``) or anything else: no exception to containment
+    return blobs  # lexical: were blobs swapped for a symlink later, what it reaches is outside
 
 
 class Handle:
@@ -91,10 +109,8 @@ class FileSet:
     # -- where files may live
 
     def _roots(self) -> list[Path]:
-        roots = [self.root]
-        if self.root.parent.name == HF_SNAPSHOTS and (self.root.parent.parent / HF_BLOBS).is_dir():
-            roots.append(_real(self.root.parent.parent / HF_BLOBS))
-        return roots
+        blobs = hf_cache_blobs(self.root)
+        return [self.root] + ([blobs] if blobs is not None else [])
 
     def resolves_inside(self, path: Path) -> bool:
         real = _real(path)

@@ -40,6 +40,7 @@ def parse_text(text: str, source: str = "<rules>", base_dir: Path | None = None,
             if str(p) in _seen or ref in _seen:
                 raise RulesError(f"{source}: include {ref!r} includes itself")
             inc = load_rules(p, _seen + (source, ref, str(p)), included=True)
+            rf.files += inc.files
             rules += inc.rules
             classes.update(inc.layer_classes or {})
         rf.rules = rules + rf.rules
@@ -104,5 +105,7 @@ def load_rules(ref: str | Path, _seen: tuple = (), *, included: bool = False) ->
         raise RulesError(f"{p}: not a text (UTF-8) file") from None
     except OSError as e:
         raise RulesError(f"{p}: cannot read: {e.strerror or e}") from None
-    return parse_text(text, str(ref) if not Path(ref).exists() else str(p), p.parent, _seen,
-                      included=included)
+    rf = parse_text(text, str(ref) if not Path(ref).exists() else str(p), p.parent, _seen,
+                    included=included)
+    rf.files.insert(0, p)
+    return rf

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -213,6 +213,8 @@ class RulesFile:
     base_dir: Path | None = None
     layer_classes: dict[str, str] | None = None
     include: list[str] | None = None
+    #: the files it was read from: itself and every file it includes (presets too), in order
+    files: list[Path] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
