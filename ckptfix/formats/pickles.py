@@ -393,8 +393,11 @@ def scan_globals(fp, max_pickles: int = 1) -> list[tuple[str, str]]:
 
 
 def printable(name: str) -> str:
-    """A name from a file, safe to print in a one-line error (printable and short)."""
-    return re.sub(r"[^\w.<>-]", "?", name)[:120]
+    """A name from a file, for a one-line message: controls escaped (``errors.one_line``), at
+    most 120 characters."""
+    from ..errors import one_line
+
+    return one_line(name)[:120]
 
 
 def pickle_globals(fp, max_pickles: int = 1) -> list[str]:
