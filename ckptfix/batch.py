@@ -41,7 +41,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_OK, CkptfixError, UsageError
 from .formats.atomic import TMP_PREFIX, clean_stale, fsync_dir, temp_path_for
 from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_path
+from .isolate import module_command
 
 MANIFEST = ".ckptfix-manifest.jsonl"
 LOCK = ".ckptfix-lock"
@@ -349,7 +349,7 @@ class _Worker:
     def __init__(self, settings: Settings, digest: str) -> None:
         self.log = tempfile.TemporaryFile(prefix="ckptfix-worker-")
         env = dict(os.environ, PYTHONUNBUFFERED="1", CKPTFIX_PARENT_PID=str(os.getpid()))
-        self.proc = subprocess.Popen([sys.executable, "-m", "ckptfix.worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(module_command("ckptfix.worker"), stdin=subprocess.PIPE,  # not from cwd
                                      stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      start_new_session=True)  # Ctrl-C goes to the parent only
         self.buf = b""

@@ -106,4 +106,4 @@ def test_hdf5_inputs_do_start_a_child(cli, monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", spy)
     assert cli("inspect", KERAS / "tiny_cnn.keras").exit_code == 0
-    assert len(started) == 1 and started[0][1:3] == ["-m", "ckptfix.isolate"]
+    assert len(started) == 1 and started[0][:-1] == isolate.module_command("ckptfix.isolate")
