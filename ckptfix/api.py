@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,12 +32,18 @@ class Options:
     isolate: bool = False
 
     def open(self, path):
+        kwargs = dict(state_key=self.state_key, allow_globals=self.allow_globals,
+                      allow_outside=self.allow_outside_files)
         if self.isolate:
-            from .isolate import preflight
+            from .isolate import open_isolated
 
-            preflight(path, allow_outside=self.allow_outside_files)
-        return open_checkpoint(path, state_key=self.state_key, allow_globals=self.allow_globals,
-                               allow_outside=self.allow_outside_files)
+            return open_isolated(path, **kwargs)
+        return open_checkpoint(path, **kwargs)
+
+    def open_target(self, path):
+        """A target checkpoint: read as inputs are (isolated too), without the inputs' state_key
+        and within its own directory."""
+        return replace(self, state_key=None, allow_outside_files=False).open(path)
 
 
 def inspect(path: str | Path, opts: Options | None = None) -> dict:
@@ -66,7 +72,7 @@ def resolve_target(spec, rules: RulesFile | None = None, kwargs: dict | None = N
     if spec is None:
         return None
     opts = opts or Options()
-    return targets.resolve(spec, kwargs, base, allow_globals=opts.allow_globals)
+    return targets.resolve(spec, kwargs, base, opener=opts.open_target)
 
 
 def diff(path: str | Path, target, *, target_kwargs: dict | None = None, opts: Options | None = None) -> Fit:

@@ -41,7 +41,6 @@ import selectors
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +53,7 @@ from .formats import atomic
 from .formats.atomic import TMP_PREFIX, clean_stale, fsync_dir, temp_path_for
 from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_path
+from .isolate import module_command
 
 MANIFEST = ".ckptfix-manifest.jsonl"
 LOCK = ".ckptfix-lock"
@@ -370,7 +370,7 @@ class _Worker:
     def __init__(self, settings: Settings, digest: str) -> None:
         self.log = tempfile.TemporaryFile(prefix="ckptfix-worker-")
         env = dict(os.environ, PYTHONUNBUFFERED="1", CKPTFIX_PARENT_PID=str(os.getpid()))
-        self.proc = subprocess.Popen([sys.executable, "-m", "ckptfix.worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen(module_command("ckptfix.worker"), stdin=subprocess.PIPE,  # not from cwd
                                      stdout=subprocess.PIPE, stderr=self.log, env=env,
                                      start_new_session=True)  # Ctrl-C goes to the parent only
         self.buf = b""

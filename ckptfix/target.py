@@ -83,10 +83,12 @@ def from_layer_spec(spec, description: str) -> Target:
     return Target(description, tensors, found)
 
 
-def from_checkpoint(path: str | Path, **open_kwargs) -> Target:
+def from_checkpoint(path: str | Path, opener=None, **open_kwargs) -> Target:
+    """``opener(path)`` opens it (``api.Options.open_target``: isolated like an input); by default
+    ``open_checkpoint(path, **open_kwargs)``."""
     from .formats import open_checkpoint
 
-    with open_checkpoint(path, **open_kwargs) as r:
+    with (opener(path) if opener is not None else open_checkpoint(path, **open_kwargs)) as r:
         metas = r.metas()
         classes = r.layer_classes()
     return Target(f"checkpoint {path}", metas, L.read_layers(metas, classes))
@@ -180,7 +182,8 @@ def from_module(model, description: str) -> Target:
     return Target(description, tensors, found)
 
 
-def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, **open_kwargs) -> Target:
+def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, opener=None,
+            **open_kwargs) -> Target:
     """Resolve anything the command line or a rules file may give as a target. ``base_dir`` is the
     rules file's directory when the target comes from one (relative paths start there; code
     targets are restricted, see ``_check_code_target``)."""
@@ -220,7 +223,7 @@ def _resolve(spec, kwargs: dict | None, base_dir: Path | None, **open_kwargs) ->
             raise TargetError(f"target {e}") from None
         return from_layer_spec(data, f"layer spec {p}")
     if p.exists():
-        return from_checkpoint(p, **open_kwargs)
+        return from_checkpoint(p, opener, **open_kwargs)
     if LAYER_EXPR.match(spec):
         return from_layer_spec(spec, f"layer {spec.strip()}")
     if ":" in spec:

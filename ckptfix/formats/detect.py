@@ -186,17 +186,23 @@ READERS = {
 
 
 def open_checkpoint(path: str | Path, *, state_key: str | None = None,
-                    allow_globals: tuple[str, ...] = (), allow_outside: bool = False):
+                    allow_globals: tuple[str, ...] = (), allow_outside: bool = False,
+                    fileset=None, expect_format: str | None = None):
     """Open any supported checkpoint and return its Reader. Its files must resolve inside the
-    checkpoint's directory unless ``allow_outside`` (see ``fileset``)."""
+    checkpoint's directory unless ``allow_outside`` (see ``fileset``). ``fileset``: the FileSet to
+    open them through (``isolate.TiedFileSet``); ``expect_format``: what ``path`` was classified
+    as before (by an isolated check): another format now is an InputError."""
     import importlib
 
     from .fileset import FileSet
 
     fmt = classify(path)
+    if expect_format is not None and fmt != expect_format:
+        raise InputError(path, f"changed between the isolated check and the read (it was {expect_format}, "
+                         f"now {fmt}): nothing was read from it; run again once it is complete")
     module, cls = READERS[fmt]
     reader = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
-    files = FileSet(path, allow_outside=allow_outside)
+    files = fileset if fileset is not None else FileSet(path, allow_outside=allow_outside)
     try:
         if fmt in ("pt", "pt-legacy"):
             r = reader(path, state_key=state_key, allow_globals=allow_globals, legacy=fmt == "pt-legacy",
