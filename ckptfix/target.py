@@ -187,7 +187,7 @@ def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, open
     """Resolve anything the command line or a rules file may give as a target. ``base_dir`` is the
     rules file's directory when the target comes from one (relative paths start there; code
     targets are restricted, see ``_check_code_target``)."""
-    t = _resolve(spec, kwargs, base_dir, **open_kwargs)
+    t = _resolve(spec, kwargs, base_dir, opener, **open_kwargs)
     named = named_file(spec, base_dir)
     t.files = [named] if named is not None else []
     return t
@@ -208,7 +208,7 @@ def named_file(spec, base_dir: Path | None = None) -> Path | None:
     return None
 
 
-def _resolve(spec, kwargs: dict | None, base_dir: Path | None, **open_kwargs) -> Target:
+def _resolve(spec, kwargs: dict | None, base_dir: Path | None, opener=None, **open_kwargs) -> Target:
     if isinstance(spec, dict):
         return from_layer_spec(spec, "layer spec")
     if not isinstance(spec, str) or not spec.strip():
