@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dtypes
-from .errors import CkptfixError
+from .errors import CkptfixError, InputError
 from .formats.atomic import atomic_dir, atomic_file, clean_stale
 from .formats.base import Reader
 from .formats.detect import PT_SUFFIXES, SHARD_INDEX
@@ -323,7 +323,7 @@ def _write_pt(plan: Plan, reader: Reader, prod: _Producer, out: Path) -> Written
         def rebuild(node, keys):
             if not keys:
                 return state
-            copy = dict(node)
+            copy = dict(dict.items(node))  # never a method the file may have shadowed
             copy[keys[0]] = None
             copy = reader.materialize_all(copy)
             copy[keys[0]] = rebuild(node[keys[0]], keys[1:])

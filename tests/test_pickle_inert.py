@@ -438,3 +438,33 @@ def test_deep_placeholders_are_bounded_and_moderate_depth_writes(cli, tmp_path):
 def test_constructors_with_superlinear_cost_are_not_vetted(name):
     with pytest.raises(ValueError):
         pickles.admit(name)
+
+
+# round 3: a third tester's variants
+
+def test_attributes_that_shadow_the_type_are_refused(cli, tmp_path):
+    """BUILD on an OrderedDict updates its __dict__: an ``items`` attribute hid the entries from
+    every check while ``dict(node)`` still saved them (uninitialised memory reached an output).
+    A tensor attribute shadowing ``_typed_storage`` would be called by the writer."""
+    hidden = _G("torch", "ByteTensor") + b"(" + _I(4096) + b"tR"
+    od = (_G("collections", "OrderedDict") + b")R(" + _S("w") + _tensor() + _S("leak") + hidden + b"u"
+          + _dict(_S("items") + _G("collections", "Counter")) + b"b")
+    p = _pt(tmp_path, "hidden.pt", _dict(_S("state_dict") + od))
+    for args in (["inspect", p], ["apply", p, "--state-key", "state_dict", "-o", tmp_path / "o.pt"]):
+        r = cli(*args)
+        assert r.exit_code == 2 and "shadowing" in r.stderr and "items" in r.stderr, r.stderr
+    assert not (tmp_path / "o.pt").exists()
+    state = _dict(_S("_typed_storage") + _G("ckptfix_canary", "fire"))
+    p = _pt(tmp_path, "typed.pt", _dict(_S("w") + _tensor(), _S("extra") + _tensor_with_state(state)))
+    r = cli("apply", p, "-o", tmp_path / "t.pt")
+    assert r.exit_code == 2 and "_typed_storage" in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_a_meta_tensor_without_data_is_refused(cli, tmp_path):
+    meta = (_G("torch._utils", "_rebuild_meta_tensor_no_storage") + b"(" + _G("torch", "float32")
+            + b"(" + _I(4) + b"t(" + _I(1) + b"t\x89tR")
+    for where, body in {"state": _dict(_S("m") + meta), "extra": _dict(_S("w") + _tensor(), _S("m") + meta)}.items():
+        p = _pt(tmp_path, f"{where}.pt", body)
+        for out in ("o.pt", "o.safetensors"):
+            r = cli("apply", p, "-o", tmp_path / f"{where}-{out}")
+            assert r.exit_code == 2 and "no data in the file" in r.stderr, r.stderr

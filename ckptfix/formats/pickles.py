@@ -188,7 +188,7 @@ def children(node) -> list[tuple[str, object]]:
     (a tensor's, a vetted object's): every place a pickle can put an object."""
     if isinstance(node, dict):
         out = []
-        for k, v in node.items():
+        for k, v in dict.items(node):  # the type's own method: an instance attribute may shadow it
             if not isinstance(k, (str, int, float, bool, type(None))):
                 out.append((f"<key {type(k).__name__}>", k))
             out.append((str(k), v))
@@ -234,7 +234,7 @@ def transform(obj, leaf: Callable, memo: dict | None = None):
     if isinstance(obj, dict):
         out = type(obj)() if type(obj) is not dict else {}
         memo[id(obj)] = out
-        for k, v in obj.items():
+        for k, v in dict.items(obj):
             out[transform(k, leaf, memo)] = transform(v, leaf, memo)
         return out
     if isinstance(obj, list):

@@ -238,8 +238,11 @@ def check_built(container, path: Path, *, from_meta: bool) -> None:
 
     - nesting over ``MAX_DEPTH`` levels (a list 2,000 deep is a few KB of pickle: walking,
       materializing or saving it would exhaust Python's recursion);
-    - a dunder attribute set on an object by the file (``__reduce_ex__``, ``__getstate__`` ...
-      through ``_rebuild_from_type_v2``'s state or ``BUILD``): a writer would call it;
+    - an attribute set on an object by the file (through ``_rebuild_from_type_v2``'s state or
+      ``BUILD``) that is a dunder or shadows what its type defines (``__reduce_ex__``,
+      ``__getstate__``, ``_typed_storage``, an OrderedDict's ``items``): a reader or writer would
+      call it, or be shown other contents than a writer saves;
+    - a tensor with no data in the file (a meta tensor built by the pickle);
     - with ``from_meta`` (a zip loaded on the meta device), a tensor not on it: built by the
       pickle (``torch.FloatTensor(2**28)``), not stored in the file;
     - a bare storage outside any tensor (nothing ckptfix can read or write back).
@@ -254,15 +257,19 @@ def check_built(container, path: Path, *, from_meta: bool) -> None:
                              "corrupt or hostile file")
         attrs = getattr(node, "__dict__", None) if not isinstance(node, type) else None
         if isinstance(attrs, dict):
-            bad = [k for k in attrs if isinstance(k, str) and k.startswith("__")]
+            bad = [k for k in attrs if not isinstance(k, str) or k.startswith("__") or hasattr(type(node), k)]
             if bad:
                 raise InputError(path, f"{pickles.printable(where)}: the pickle sets the attribute "
-                                 f"{pickles.printable(bad[0])} on a {type(node).__name__}, which a "
-                                 "writer would call: hostile file")
+                                 f"{pickles.printable(str(bad[0]))} on its {type(node).__name__}, shadowing "
+                                 "what its type defines (a reader or writer would call it): hostile file")
         if isinstance(node, torch.Tensor):
             if from_meta and node.device.type != "meta":
                 raise InputError(path, f"tensor {pickles.printable(where)} is built by the pickle "
                                  "(a tensor constructor), not stored in the file: refused")
+            if node.device.type == "meta" and node.layout is torch.strided and node.numel() and (
+                    not from_meta or getattr(node.untyped_storage(), "_checkpoint_offset", None) is None):
+                raise InputError(path, f"tensor {pickles.printable(where)} has no data in the file "
+                                 "(a meta tensor): refused")
         elif isinstance(node, (torch.UntypedStorage, torch.storage.TypedStorage)):
             raise InputError(path, f"{pickles.printable(where)}: a bare storage outside any tensor; "
                              "ckptfix reads tensors only")
