@@ -154,6 +154,14 @@ def run_capped(*args: str, cap: int = CAP) -> tuple[int, str, int]:
         return p.returncode, err.read().decode("utf-8", "replace"), usage.ru_maxrss * 1024
 
 
+def assert_apply_refused(path: Path, out: Path) -> None:
+    """``apply path -o out`` under the cap: exit 2, one line naming the file, bounded RSS, no output."""
+    code, err, rss = run_capped("apply", str(path), "-o", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err, err
+    assert "internal error" not in err and rss < RSS_BOUND, err
+    assert not out.exists()
+
+
 def assert_refused(path: Path, pattern: str, *args: str) -> str:
     import re
 
@@ -235,11 +243,7 @@ def test_keras_nested_bomb_h5_inside_deflate_with_gzip_datasets(work):
         f["layers/dense/vars/0"][0] = 0  # one chunk written: the rest is fill
     p = work / "nested.keras"
     p.write_bytes(keras([deflated("model.weights.h5", bio.getvalue())]))
-    out = work / "nested.safetensors"
-    code, err, rss = run_capped("apply", str(p), "-o", str(out))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and str(p) in err, err
-    assert "internal error" not in err and rss < RSS_BOUND, err
-    assert not out.exists()
+    assert_apply_refused(p, work / "nested.safetensors")
 
 
 # -- .pt
@@ -280,11 +284,7 @@ def test_npz_member_of_deflated_zeros_reads_bounded(work):
                                          prefix=npy_header((n // 4,)))]))
     code, err, rss = run_capped("inspect", str(p))  # metadata only: nothing is decompressed
     assert code == 0 and rss < RSS_BOUND, err
-    out = work / "zeros.safetensors"
-    code, err, rss = run_capped("apply", str(p), "-o", str(out))
-    assert code == 2 and len(err.strip().splitlines()) == 1 and str(p) in err, err
-    assert "internal error" not in err and rss < RSS_BOUND, err
-    assert not out.exists()
+    assert_apply_refused(p, work / "zeros.safetensors")
 
 
 def test_npz_member_declaring_1_kib_that_inflates_to_2_gib(work):
