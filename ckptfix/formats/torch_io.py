@@ -14,6 +14,7 @@ Each tensor is then read with one ``pread`` of its storage.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import struct
 import warnings
@@ -193,24 +194,20 @@ def _describe_load_error(path: Path, e: Exception) -> InputError:
                       f"{type(e).__name__}: {first[:200]}")
 
 
-def _zip_records(path: Path) -> tuple[dict[int, zipfile.ZipInfo], str | None]:
-    """Data offset -> record, for every entry of the zip; and the byte order record."""
+def _zip_records(src, infos: list[zipfile.ZipInfo]) -> dict[int, zipfile.ZipInfo]:
+    """Data offset -> record, for every entry of the zip (local headers read through ``src``,
+    the checkpoint's fileset.Handle)."""
     records: dict[int, zipfile.ZipInfo] = {}
-    byteorder = None
-    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
-        for info in z.infolist():
-            f.seek(info.header_offset)
-            local = f.read(30)
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                raise InputError(path, f"corrupt zip: bad local header for {info.filename}")
-            n, m = struct.unpack("<HH", local[26:30])
-            records[info.header_offset + 30 + n + m] = info
-            if info.filename.endswith("/byteorder"):
-                byteorder = z.read(info).decode("ascii", "replace").strip()
-    return records, byteorder
+    for info in infos:
+        local = os.pread(src.fd, 30, info.header_offset)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise InputError(src.path, f"corrupt zip: bad local header for {info.filename}")
+        n, m = struct.unpack("<HH", local[26:30])
+        records[info.header_offset + 30 + n + m] = info
+    return records
 
 
-def check_zip_members(path: Path) -> None:
+def check_zip_members(path: Path, infos: list[zipfile.ZipInfo]) -> None:
     """Bound what reading this zip can decompress, from the sizes it declares, before torch (or
     zipfile) decompresses anything: torch allocates a record's declared size and reads data.pkl and
     the small records whole (a deflated data.pkl of 1 MiB can declare 1 GiB). Storage records are
@@ -218,11 +215,6 @@ def check_zip_members(path: Path) -> None:
     from . import zipmember
     from ..limits import MAX_PICKLE_MEMBER, MAX_SMALL_RECORD
 
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except Exception:  # noqa: BLE001 - not a readable zip: torch.load reports it
-        return
     for info in infos:
         if info.compress_type == zipfile.ZIP_STORED:
             continue  # read as it is in the file: torch checks it against the file's size
@@ -299,9 +291,9 @@ class TorchReader(Reader):
         self._asked = 0  # distinct globals the pickle was seen to use
         self._used: dict[str, type] | None = None
         self._records: dict[int, zipfile.ZipInfo] = {}
+        self._zipinfos: list[zipfile.ZipInfo] | None = None
         if not legacy:
-            check_zip_members(self.path)  # before anything decompresses a member (torch or zipfile)
-            self._check_byteorder()  # before torch sees it: a meta load of a big-endian zip segfaults
+            self._check_zip()  # before torch (or zipfile) decompresses or trusts any record
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
         self.container = self._load("cpu" if legacy else "meta")
         check_built(self.container, self.path, from_meta=not legacy)  # before anything walks it
@@ -481,24 +473,32 @@ class TorchReader(Reader):
                              "missing from its storage list (corrupt file: their data would be "
                              "uninitialized memory)")
 
-    def _check_byteorder(self) -> None:
+    def _check_zip(self) -> None:
+        """One parse of the zip's directory, through the kept handle; kept for ``_check_storages``.
+        Compressed members are bounded (``check_zip_members``); then what torch's reader would
+        mishandle is refused before it sees the file: a big-endian byte order (a meta load
+        segfaults), a storage alignment of 0 (SIGFPE), entries marked as directories (miniz
+        returns an unfilled buffer: uninitialized memory as data)."""
         try:
-            with zipfile.ZipFile(self.path) as z:
-                names = [n for n in z.namelist() if n.endswith("/byteorder") or n == "byteorder"]
-                order = z.read(names[0]).decode("ascii", "replace").strip() if names else None
-                names = [n for n in z.namelist() if n.endswith("/.storage_alignment")]
-                align = z.read(names[0]) if names else None
-                # miniz (torch's reader) treats an entry with the DOS directory attribute as a
-                # directory and returns an unfilled buffer for it: uninitialized memory as data
-                dirs = [i.filename for i in z.infolist() if i.external_attr & 0x10 or i.is_dir()]
+            with self._file.file() as f, zipfile.ZipFile(f) as z:
+                self._zipinfos = z.infolist()
+                check_zip_members(self.path, self._zipinfos)
+                names = z.namelist()
+                order = [n for n in names if n.endswith("/byteorder") or n == "byteorder"]
+                order = z.read(order[0]).decode("ascii", "replace").strip() if order else None
+                align = [n for n in names if n.endswith("/.storage_alignment")]
+                align = z.read(align[0]) if align else None
+        except InputError:
+            raise
         except Exception:  # noqa: BLE001 - a broken zip: torch.load reports it
+            self._zipinfos = None
             return
+        dirs = [i.filename for i in self._zipinfos if i.external_attr & 0x10 or i.is_dir()]
         if dirs:
             raise InputError(self.path, f"zip entry {dirs[0]!r} is marked as a directory (corrupt "
                              "file: torch would read uninitialized memory for it)")
         if order not in (None, "little"):
             raise InputError(self.path, f"byte order {order[:20]!r} is not supported")
-        # torch's meta load divides by it: a record "0" kills the process with SIGFPE (fuzzing)
         try:
             bad = align is not None and int(align) <= 0
         except ValueError:
@@ -509,14 +509,12 @@ class TorchReader(Reader):
     def _check_storages(self) -> bool:
         """Check every storage against its zip record before any is read. False if torch's
         offsets match no record at all (a zip written by another tool)."""
-        import os
-
+        if self._zipinfos is None:
+            raise InputError(self.path, "corrupt zip archive (its directory does not parse)")
         try:
-            records, byteorder = _zip_records(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            records = _zip_records(self._file, self._zipinfos)
+        except OSError as e:
             raise InputError(self.path, f"corrupt zip archive ({e})") from None
-        if byteorder not in (None, "little"):
-            raise InputError(self.path, f"byte order {byteorder!r} is not supported")
         size = self._file.size
         strided = _torch().strided
         for name, t in self._walk_tensors(self.container):
