@@ -468,3 +468,29 @@ def test_a_meta_tensor_without_data_is_refused(cli, tmp_path):
         for out in ("o.pt", "o.safetensors"):
             r = cli("apply", p, "-o", tmp_path / f"{where}-{out}")
             assert r.exit_code == 2 and "no data in the file" in r.stderr, r.stderr
+
+
+def test_a_whole_pickled_module_is_read_as_its_state_dict(cli, tmp_path):
+    """``torch.save(model)`` files (at the top, or under a key as many training scripts save
+    them): the module is a placeholder, never built; its recorded state gives the state dict,
+    named, ordered and valued as ``model.state_dict()``, non-persistent buffers left out."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 5), torch.nn.BatchNorm2d(10),
+                                torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 4)))
+    model[1].register_buffer("scratch", torch.ones(2), persistent=False)
+    model(torch.randn(2, 3, 5, 5))  # BN statistics move
+    want = model.state_dict()
+    for name, obj in {"top.pt": model, "nested.pt": {"model": model, "epoch": 3}}.items():
+        p = tmp_path / name
+        torch.save(obj, p)
+        r = cli("inspect", p, "--json")
+        assert r.exit_code == 0, r.stderr
+        info = json.loads(r.stdout)
+        assert [t["name"] for t in info["tensors"]] == list(want)
+        assert any("whole pickled module torch.nn.modules.container.Sequential" in w for w in info["warnings"])
+        out = tmp_path / f"out-{name}.safetensors"
+        assert cli("apply", p, "-o", out).exit_code == 0
+        from safetensors.torch import load_file
+
+        got = load_file(out)
+        assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)  # safetensors orders by dtype

@@ -272,6 +272,41 @@ def transform(obj, leaf: Callable, memo: dict | None = None):
     return leaf(obj)
 
 
+def module_state(obj) -> dict | None:
+    """The state dict of a whole pickled ``torch.nn.Module`` kept as a placeholder
+    (``torch.save(model)``), named and ordered as ``model.state_dict()`` names them: each module's
+    parameters, then its persistent buffers, then its children depth-first. None if ``obj`` is
+    not such a placeholder. Read from the recorded state only: nothing of the class is run."""
+    def parts(m):
+        st = m.state if isinstance(m, Inert) else None
+        if not isinstance(st, dict) or not isinstance(st.get("_parameters"), dict) \
+                or not isinstance(st.get("_modules"), dict):
+            return None
+        return st
+
+    if parts(obj) is None:
+        return None
+    import torch
+
+    out: dict = {}
+    seen: set[int] = set()
+    stack = [("", obj)]
+    while stack:
+        prefix, m = stack.pop()
+        st = parts(m)
+        if st is None or id(m) in seen:
+            continue
+        seen.add(id(m))
+        skip = st.get("_non_persistent_buffers_set") or set()
+        for group in (st["_parameters"], st.get("_buffers") or {}):
+            for name, t in dict.items(group):
+                if isinstance(name, str) and isinstance(t, torch.Tensor) and (group is st["_parameters"] or name not in skip):
+                    out[prefix + name] = t
+        stack.extend(reversed([(f"{prefix}{n}.", sub) for n, sub in dict.items(st["_modules"])
+                               if isinstance(n, str) and sub is not None]))
+    return out
+
+
 def inert_class(module: str, qualname: str, *, exact: bool = True) -> type:
     """A fresh placeholder class for the global ``module.qualname``; ``exact``: whether that
     split is known from the file (else it can be read, but not written back)."""

@@ -299,6 +299,7 @@ class TorchReader(Reader):
         check_built(self.container, self.path, from_meta=not legacy)  # before anything walks it
         if legacy:
             self._check_legacy_storages()
+        self._modules = self._unwrap_modules()
         self.state_path = find_state_dict(self.container, state_key, self.path)
         for name, t in get_path(self.container, self.state_path).items():  # before any second load
             if t.layout is not torch.strided:
@@ -309,6 +310,7 @@ class TorchReader(Reader):
             # storage offsets match no record, so read it whole instead, as torch.load does.
             self.eager = True
             self.container = self._load("cpu")
+            self._unwrap_modules()
         self.state = get_path(self.container, self.state_path)
         self._metas: dict[str, TensorMeta] = {}
         for name, t in self.state.items():
@@ -317,6 +319,23 @@ class TorchReader(Reader):
             except KeyError:
                 raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
             self._check_size(name, t)
+
+    def _unwrap_modules(self) -> list[str]:
+        """A whole pickled nn.Module (``torch.save(model)``), at the top or under a top-level key
+        (``{"model": model, "epoch": 3}``), is replaced by its state dict (``pickles.module_state``):
+        what ckptfix reads and a .pt output holds. Returns the classes replaced."""
+        found = []
+        top = pickles.module_state(self.container)
+        if top is not None:
+            found.append(type(self.container).global_name)
+            self.container = top
+        elif isinstance(self.container, dict):
+            for k, v in list(dict.items(self.container)):
+                sd = pickles.module_state(v)
+                if sd is not None:
+                    found.append(f"{type(v).global_name} (under {k!r})")
+                    self.container[k] = sd
+        return found
 
     def _check_size(self, name: str, t) -> None:
         """A tensor's size against what backs it: a view whose strides repeat a few stored bytes
@@ -612,11 +631,14 @@ class TorchReader(Reader):
         return bool(self._used_inert())
 
     def warnings(self) -> list[str]:
-        if not self._used_inert():
-            return []
-        names = sorted(pickles.printable(n) for n in self._used_inert())
-        shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
-        return [f"kept {len(names)} pickled type(s) as inert data, never imported or run: {shown}"]
+        out = [f"the file holds a whole pickled module {pickles.printable(m)}: its state dict is read "
+               "(named as model.state_dict() names it; its code was never run), and a .pt output "
+               "holds that state dict" for m in self._modules]
+        if self._used_inert():
+            names = sorted(pickles.printable(n) for n in self._used_inert())
+            shown = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+            out.append(f"kept {len(names)} pickled type(s) as inert data, never imported or run: {shown}")
+        return out
 
 
 OPTIMIZER_KEY = re.compile(r"optim|lr_scheduler", re.I)
