@@ -478,7 +478,7 @@ def test_a_whole_pickled_module_is_read_as_its_state_dict(cli, tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 5), torch.nn.BatchNorm2d(10),
                                 torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 4)))
     model[1].register_buffer("scratch", torch.ones(2), persistent=False)
-    model(torch.randn(2, 3, 5, 5))  # BN statistics move
+    model(torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)))  # BN statistics move
     want = model.state_dict()
     for name, obj in {"top.pt": model, "nested.pt": {"model": model, "epoch": 3}}.items():
         p = tmp_path / name
