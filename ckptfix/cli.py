@@ -202,13 +202,26 @@ def _relative_to(spec: str, where: Optional[Path]) -> str:
     return os.path.relpath(Path(path).resolve(), where.resolve()) + sep + attr
 
 
+def _input_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) > 4:
+        raise UsageError(f"--input-shape {text!r}: give positive sizes like 3x12x16 (channels first, no batch)")
+    return (1, *(int(p) for p in parts))
+
+
 @app.command()
 def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="What the checkpoint must fit."),
             out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the rules file here (default: print it)."),
             force: bool = typer.Option(False, "--force", help="Replace an existing rules file."),
             target_kwargs: Optional[str] = TargetKw, as_json: bool = Json,
             state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal,
-            allow_outside: bool = AllowOutside) -> None:
+            allow_outside: bool = AllowOutside,
+            input_shape: Optional[str] = typer.Option(
+                None, "--input-shape", help="The model's input as the target takes it, e.g. 3x12x16 "
+                "(channels first, no batch): fixes the feature map a Flatten -> Linear reads when the "
+                "checkpoint has no Keras config.")) -> None:
     """Write a commented rules file that makes CKPT fit the target, proven by a dry-run plan. Exit 1 if it cannot."""
 
     def go():
@@ -227,7 +240,9 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
         with opts.open(ckpt) as r:
             if out is not None:  # never onto the checkpoint (any of its files) or the target's file
                 check_output(inputs_of(ckpt, None, tgt.files), Path(out), force, r)
-            sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), source_format=r.format,
+            sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), configs=r.layer_configs(),
+                              keras_config=r.extras().get("keras_config"), source_format=r.format,
+                              input_shape=_input_shape(input_shape),
                               target_spec=_relative_to(target, Path(out).parent if out else None)
                               if not target_kwargs else None, source=str(ckpt))
         if out is not None:

@@ -1,32 +1,26 @@
-"""Tensor layouts: TensorFlow/Keras <-> PyTorch, as permutations (and the one reshape).
+"""Tensor layouts as permutations: ``SRC->DST`` with one letter per axis (``HWIO->OIHW``).
 
-A layout is written ``SRC->DST`` with one letter per axis (``HWIO->OIHW``): the permutation is
-read off the letters, so every named pair below is just a documented example and any consistent
-pair works. The table is the single source of truth for which layout each layer kind uses.
+The permutation is read off the letters, so any consistent pair works. Which layout each layer
+kind uses is in ``layer_table`` (the one place for layer facts); the named layouts here are
+derived from it. Depthwise layouts (``HWCM->OIHW``, ``WCM->OIW``, ``DHWCM->OIDHW``) are a
+permutation followed by the reshape (C, M, *K) -> (C*M, 1, *K) (``ops.Depthwise``).
 """
 
 from __future__ import annotations
 
-# Keras/TF layer class -> (variable, layout that makes it PyTorch's)
-KERAS_TO_TORCH = {
-    "Dense": ("kernel", "IO->OI"),
-    "Conv1D": ("kernel", "WIO->OIW"),
-    "Conv2D": ("kernel", "HWIO->OIHW"),
-    "Conv3D": ("kernel", "DHWIO->OIDHW"),
-    "Conv2DTranspose": ("kernel", "HWOI->IOHW"),
-    "Conv1DTranspose": ("kernel", "WOI->IOW"),
-    "Conv3DTranspose": ("kernel", "DHWOI->IODHW"),
-    "DepthwiseConv2D": ("kernel", DEPTHWISE := "HWCM->OIHW"),
-}
+from .layer_table import conv_layout, depthwise_layout
 
-# The plain permutations above (not the depthwise reshape): what explain/diagnose look for.
-TF_LAYOUTS = tuple(dict.fromkeys(lay for _, lay in KERAS_TO_TORCH.values() if lay != DEPTHWISE))
+DEPTHWISE = depthwise_layout(2)
+DEPTHWISE_LAYOUTS = tuple(depthwise_layout(n) for n in (1, 2, 3))
+# The plain permutations Keras/TF layers need (not the depthwise reshapes): what diagnose looks for.
+TF_LAYOUTS = ("IO->OI", *(conv_layout(n, t) for t in (False, True) for n in (1, 2, 3)))
 
 
 def parse(layout: str) -> tuple[int, ...]:
     """``'HWIO->OIHW' -> (3, 2, 0, 1)``. Raises ValueError for an inconsistent pair."""
-    if layout == DEPTHWISE:
-        return (2, 3, 0, 1)
+    if layout in DEPTHWISE_LAYOUTS:
+        n = len(layout.split("->")[0]) - 2
+        return (n, n + 1, *range(n))
     try:
         src, dst = (s.strip() for s in layout.split("->"))
     except ValueError:

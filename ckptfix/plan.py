@@ -17,8 +17,8 @@ from . import layers as L
 from . import layouts
 from .errors import RulesError
 from .limits import memory_limit, tensor_too_big
-from .rules.ops import (AddScalar, Cast, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, Slice, Transpose,
-                        tensor_seed)
+from .rules.ops import (AddScalar, Cast, Chunk, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, ReorderBlocks,
+                        Slice, Transpose, tensor_seed)
 from .rules.schema import Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
@@ -228,6 +228,8 @@ class _Planner:
                 self.entries[key] = Entry(None, gen.shape(), [gen])
                 changes.append(f"added {key} {fmt_shape(s.shape)} {s.dtype} = {s.value:g}")
             return changes, keys, f"add {s.key}"
+        if op == "split":
+            return self._split(rule)
         # tensor ops
         names = self.select(rule, s.keys, required=not (op == "cast" and s.keys is None))
         if op == "pad" and s.fill == "default":
@@ -251,6 +253,30 @@ class _Planner:
             e.ops.append(bound)
             e.meta = new
         return changes, names, summary or _spec_summary(rule)
+
+    def _split(self, rule: Rule) -> tuple[list[str], list[str], str]:
+        s = rule.spec
+        e = self.entries.get(s.key)
+        if e is None:
+            if rule.optional:
+                return [], [], f"split {s.key}"
+            raise self.err(rule, f"no tensor {s.key!r}", _close(s.key, self.entries))
+        for n in s.into:
+            if n in self.entries and n != s.key:
+                raise self.err(rule, f"tensor {n!r} already exists")
+        parts = {}
+        for i, n in enumerate(s.into):
+            op = Chunk(s.axis, i, len(s.into), s.squeeze)
+            try:
+                meta = op.shape(e.meta)
+            except OpError as ex:
+                raise self.err(rule, f"{s.key} {fmt_shape(e.meta.shape)}: {ex}") from None
+            parts[n] = Entry(e.source, meta, [*e.ops, op])
+        pos = list(self.entries).index(s.key)
+        items = list(self.entries.items())
+        self.entries = dict(items[:pos] + list(parts.items()) + items[pos + 1:])
+        changes = [f"{s.key} {fmt_shape(e.meta.shape)} -> {n} {fmt_shape(p.meta.shape)}" for n, p in parts.items()]
+        return changes, list(parts), f"split {s.key} into {len(parts)} along axis {s.axis}"
 
     def _rename_map(self, rule: Rule) -> dict[str, str]:
         s = rule.spec
@@ -288,13 +314,17 @@ class _Planner:
     def _bind(self, rule: Rule, name: str, meta: TensorMeta) -> Op | None:
         s = rule.spec
         if rule.op == "transpose":
-            if s.layout == layouts.DEPTHWISE:
-                return Depthwise()
+            if s.layout in layouts.DEPTHWISE_LAYOUTS:
+                return Depthwise(s.layout)
             if s.layout is not None:
                 return Transpose(layouts.parse(s.layout), s.layout)
             return Transpose(tuple(s.perm))
         if rule.op == "flatten_order":
-            return FlattenOrder(tuple(s.hwc), s.axis)
+            if s.hwc is not None:
+                return FlattenOrder(tuple(s.hwc), s.axis)
+            return FlattenOrder(tuple(s.dims), s.axis, layouts.parse(s.layout), s.layout)
+        if rule.op == "reorder_blocks":
+            return ReorderBlocks(tuple(s.order), s.axis)
         if rule.op == "bn_eps":
             return AddScalar(s.from_eps - s.to_eps)
         if rule.op == "slice":

@@ -1,26 +1,36 @@
-"""suggest: write the rules that make a checkpoint fit a target, then prove them by planning.
+"""suggest: write the rules that make a checkpoint fit a target, proven by one dry-run plan.
 
-Order of attempts: exact names; a known source convention (Keras/TF names and layouts: the
-``keras-to-torch`` preset); prefixes to strip or add (DDP, torch.compile, Lightning, ...); matching
-layers by order and shape where names do not correspond; unambiguous layouts per tensor; channel
-changes (pad/slice), marked ``# review:``. Every step is re-planned on metadata before the next.
+The target decides (``match``): each of its layers, in execution order, is paired with the source
+layer that encodes it under the layer table's layouts. The pairs become typed rules (``schema``
+models), each carrying its reason and assumption as a comment; they are planned once, and the
+YAML is rendered at the end. What is inferred from where:
+
+* layouts, from each layer's class (the file's config) or, without one, from what the target's
+  layer is (a [3, 3, 6, 2] kernel is a Conv2D for a Conv2d(6, 2) and a DepthwiseConv2D for a
+  Conv2d(6, 12, groups=6));
+* the Flatten -> Dense reorder, from the target's traced graph (a Linear fed by a flattened map,
+  and the order it flattens in) and the source's config (a Permute before Flatten); without a
+  config the source is assumed to flatten NHWC (stated in the file);
+* BatchNorm eps, from the config (Keras' default 1e-3 without one, stated);
+* channel/class differences become pad/slice rules marked ``review:``; tensors nothing takes get
+  a ``drop`` marked ``review:``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
-import yaml
-
-from .errors import one_line
 from . import diagnose as D
-from . import layers as L
+from . import layer_table as T
+from .errors import one_line
+from .layers import split_key
+from .match import Matching, Pair, match
 from .plan import Plan, make_plan
-from .rules import parse_text
+from .rules.schema import OPS, SHORTHAND, Rule
 from .target import Target
-from .tensors import TensorMeta
-
-KERAS_FORMATS = ("keras-h5", "keras-archive", "keras-sharded", "tf-checkpoint", "npz", "npy")
+from .tensors import TensorMeta, fmt_shape
+from .trace import Trace, keras_flattens, keras_input_shape, trace
 
 
 @dataclass
@@ -28,108 +38,307 @@ class Suggestion:
     text: str                       # the rules file
     plan: Plan
     unmatched: dict = field(default_factory=dict)   # what is left: missing / unexpected / mismatched
+    problems: list[str] = field(default_factory=list)   # what no rule could settle
 
     @property
     def fits(self) -> bool:
-        return self.plan.fit is not None and self.plan.fit.fits
+        return self.plan.fit is not None and self.plan.fit.fits and not self.problems
 
 
-class _Builder:
-    def __init__(self, metas, classes, target: Target, target_spec: str | None, source: str) -> None:
-        self.metas, self.classes, self.target = metas, classes, target
-        self.header = [f"# Rules written by `ckptfix suggest` for {source}", "# Lines marked `review:` change values: check them before you rely on the result."]
-        self.doc: dict = {"ckptfix": 1}
-        if target_spec:
-            self.doc["target"] = target_spec
-        self.items: list[tuple[str, dict]] = []   # (comment, rule)
-
-    def text(self) -> str:
-        # comments carry names from the checkpoint: one line each, or a name could add rules
-        out = [one_line(h) for h in self.header] + [yaml.safe_dump(self.doc, sort_keys=False, width=200).rstrip()]
-        if not self.items:
-            out.append("rules: []")
-            return "\n".join(out) + "\n"
-        out.append("rules:")
-        for comment, rule in self.items:
-            if comment:
-                out += [f"  # {one_line(ln)}" for ln in comment.splitlines()]
-            out += [D.rule_line(op, body) for op, body in rule.items()]
-        return "\n".join(out) + "\n"
-
-    def plan(self) -> Plan:
-        rf = parse_text(self.text(), "<suggest>")
-        return make_plan(self.metas, rf.rules, self.target, classes={**self.classes, **(rf.layer_classes or {})})
-
-    def add(self, comment: str, rule: dict) -> None:
-        self.items.append((comment, rule))
+@dataclass
+class _Item:
+    op: str
+    body: dict
+    comment: str
 
 
-def _layers_in_order(names) -> list[str]:
-    return list(dict.fromkeys(L.layer_of(n) for n in names))
+def _anchored(names) -> str:
+    names = list(dict.fromkeys(names))
+    if len(names) == 1:
+        return f"^{re.escape(names[0])}$"
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
-def _match_by_order(cur: dict[str, TensorMeta], target: Target) -> dict[str, str]:
-    """Pair unexpected layers with missing layers in order, when variable names and shapes agree."""
-    unexpected = [n for n in cur if n not in target.tensors]
-    missing = [n for n in target.tensors if n not in cur]
-    ul, ml = _layers_in_order(unexpected), _layers_in_order(missing)
-    def sig(layer, names, shapes):
-        return tuple(sorted((L.split_key(n)[1], tuple(sorted(shapes[n].shape))) for n in names if L.layer_of(n) == layer))
-    usig = {ly: sig(ly, unexpected, cur) for ly in ul}
-    msig = {ly: sig(ly, missing, target.tensors) for ly in ml}
-    mapping, j = {}, 0
-    for u in ul:
-        for k in range(j, len(ml)):
-            if usig[u] == msig[ml[k]]:
-                m = ml[k]
-                for n in unexpected:
-                    if L.layer_of(n) == u:
-                        mapping[n] = L.join_key(m, L.split_key(n)[1])
-                j = k + 1
-                break
-    return mapping
+def _short(names, n: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class _Rules:
+    """The rules being built, grouped by op so that one rule covers every tensor it applies to."""
+
+    def __init__(self) -> None:
+        self.items: list[_Item] = []
+        self.header: list[str] = []
+        self.problems: list[str] = []
+
+    def add(self, op: str, body: dict, comment: str) -> None:
+        self.items.append(_Item(op, body, comment))
+
+    def typed(self) -> list[Rule]:
+        out = []
+        for i, it in enumerate(self.items):
+            spec = OPS[it.op].model_validate(it.body)
+            out.append(Rule(op=it.op, spec=spec, expect=None, index=i + 1, source="<suggest>", line=None))
+        return out
+
+
+def _prefix_rules(metas: dict[str, TensorMeta], target: Target, rules: _Rules) -> dict[str, TensorMeta]:
+    """strip_prefix / add_prefix for torch state dicts (DDP, torch.compile, Lightning, ...)."""
+    for _ in range(3):  # prefixes may stack (a Lightning `model.` around a DDP `module.`)
+        cause = D.prefix_cause(metas, target.tensors)
+        if cause is None:
+            break
+        op, p = next(iter(cause.rules[0].items()))
+        rules.add(op, {"prefix": p}, cause.message)
+        if op == "strip_prefix":
+            metas = {(k[len(p):] if k.startswith(p) else k): v for k, v in metas.items()}
+        else:
+            metas = {p + k: v for k, v in metas.items()}
+    return metas
 
 
 def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, str] | None = None,
-            source_format: str = "", target_spec: str | None = None, source: str = "the checkpoint") -> Suggestion:
-    b = _Builder(metas, classes or {}, target, target_spec, source)
-    if source_format in KERAS_FORMATS or any("/" in n for n in metas):
-        b.doc["include"] = ["keras-to-torch"]
-        b.header.append("# keras-to-torch: Keras/TF layouts by layer class, then names (see README).")
-    plan = b.plan()
-    for _ in range(3):  # prefixes may stack (e.g. a Lightning `model.` around a DDP `module.`)
-        cause = D.prefix_cause(plan.metas, target.tensors)
-        if cause is None:
-            break
-        b.add(cause.message, cause.rules[0])
-        plan = b.plan()
-    mapping = _match_by_order(plan.metas, target)
-    if mapping:
-        b.add("names do not correspond: matched layer by layer, in order, by variable names and shapes",
-              {"rename": {"map": mapping}})
-        plan = b.plan()
-    metas_now = plan.metas
-    shapes = {n: m.shape for n, m in metas_now.items()}
-    want = {n: m.shape for n, m in target.tensors.items()}
-    for n in list(shapes):
-        if n in want and shapes[n] != want[n]:
-            c = D.layout_cause(n, shapes[n], want[n])
-            if c is not None and c.rules and not c.review:
-                b.add(c.message, c.rules[0])
-            elif c is not None and c.review:
-                b.header.append(f"# not transposed, ambiguous: {c.message}")
-    plan = b.plan()
-    if plan.fit is not None and not plan.fit.fits:
-        for c in D.diagnose({n: m.shape for n, m in plan.metas.items()}, want, list(target.tensors)):
-            if c.kind in ("num_classes", "channels", "in_channels") and c.rules:
-                b.add(f"review: {c.message}", c.rules[0])
-            elif c.kind == "variant":
-                b.header.append(f"# cannot fix: {c.message}")
-        plan = b.plan()
+            configs: dict[str, dict] | None = None, keras_config=None, source_format: str = "",
+            target_spec: str | None = None, source: str = "the checkpoint",
+            input_shape: tuple[int, ...] | None = None) -> Suggestion:
+    classes = classes or {}
+    configs = configs or {}
+    rules = _Rules()
+    torch_source = not any("/" in k for k in metas) and source_format not in (
+        "keras-h5", "keras-archive", "keras-sharded", "tf-checkpoint")
+    work = _prefix_rules(metas, target, rules) if torch_source else dict(metas)
+    shape_in = input_shape or keras_input_shape(keras_config)
+    tr = trace(target.module, shape_in) if target.module is not None else \
+        Trace(list(target.layers), False, note="the target is not a model: its layers are taken in file order")
+    m = match(work, target, tr.order, classes, configs)
+    if not m.ordered:
+        rules.header.append("# the checkpoint's layer order is lost (sorted names): layers of the same shapes "
+                            "were paired in natural name order (conv2d, conv2d_1, ...)")
+    if tr.note:
+        rules.header.append(f"# {tr.note}")
+    _build(m, work, target, tr, keras_config, configs, rules)
+    typed = rules.typed()
+    plan = make_plan(metas, typed, target, classes=classes, layer_configs=configs)
+    text = _render(rules, target_spec, source)
     fit = plan.fit
     unmatched = {} if fit is None or fit.fits else {"missing": fit.missing, "unexpected": fit.unexpected,
                                                       "mismatched": fit.mismatched}
-    return Suggestion(b.text(), plan, unmatched)
+    return Suggestion(text, plan, unmatched, rules.problems)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace, keras_config,
+           configs: dict[str, dict], rules: _Rules) -> None:
+    renames: dict[str, str] = {}
+    why: dict[str, list[str]] = {}
+    splits: list[tuple[str, list[str]]] = []
+    transposes: dict[str, list[str]] = {}
+    blocks: dict[tuple[int, ...], list[str]] = {}
+    squeezes: list[str] = []
+    fills: list[tuple[str, T.Fill, str]] = []
+    for p in m.pairs:
+        if p.how != "same names":
+            why.setdefault(p.how, []).append(f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what})")
+        for u, t in zip(p.reading.units, p.targets):
+            for local, conv in u.tensors.items():
+                canon = re.sub(rf"_l{u.rnn_layer}(?=$|_)", "_l0", local) if u.rnn_layer is not None else local
+                tkey = t.keys.get(canon)
+                if tkey is None:
+                    continue
+                if isinstance(conv, T.Fill):
+                    fills.append((tkey, conv, p.reading.what))
+                    continue
+                skey = p.reading.key_of(conv.var)
+                if conv.row is not None:
+                    for entry in splits:
+                        if entry[0] == skey:
+                            entry[1].append(tkey)
+                            break
+                    else:
+                        splits.append((skey, [tkey]))
+                elif skey != tkey:
+                    renames[skey] = tkey
+                if conv.layout is not None:
+                    transposes.setdefault(conv.layout, []).append(tkey)
+                if conv.blocks is not None:
+                    blocks.setdefault(conv.blocks, []).append(tkey)
+                if conv.squeeze:
+                    squeezes.append(tkey)
+    for skey, into in splits:
+        rules.add("split", {"key": skey, "into": into, "axis": 0, "squeeze": True},
+                  f"{skey}: Keras GRU bias (2, 3U), row 0 the input bias, row 1 the recurrent bias")
+    if renames:
+        lines = ["names: each target layer (in execution order) paired with the checkpoint layer that encodes it"]
+        for how, items in why.items():
+            lines.append(f"{how}: {_short(items, 6)}")
+        rules.add("rename", {"map": renames}, "\n".join(lines))
+    for layout, keys in transposes.items():
+        rules.add("transpose", {"keys": _anchored(keys), "layout": layout},
+                  f"TensorFlow layout {layout}: {_short(keys)}")
+    for order, keys in blocks.items():
+        rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(order)},
+                  f"gate order: Keras GRU (z, r, h) -> torch (r, z, n): {_short(keys)}")
+    if squeezes:
+        rules.add("reshape", {"keys": _anchored(squeezes), "squeeze": True},
+                  f"PReLU alpha [..., C] with shared axes -> torch's [C]: {_short(squeezes)}")
+    _flatten_rules(m, metas, tr, keras_config, rules)
+    _eps_rules(m, target, configs, rules)
+    _fill_rules(fills, target, rules)
+    _review_rules(m, target, tr, rules)
+
+
+def _flatten_rules(m: Matching, metas, tr: Trace, keras_config, rules: _Rules) -> None:
+    src_flat = keras_flattens(keras_config)
+    for p in m.pairs:
+        t = p.targets[0]
+        f = tr.flattens.get(t.module)
+        if f is None or p.reading.form is None or t.kind != "Linear":
+            continue
+        in_f = t.shapes["weight"][1]
+        spatial, how = f.spatial(in_f)
+        info = src_flat.get(p.reading.src.name)
+        if spatial is None and info is not None and info.dims is not None:
+            spatial = tuple(d for letter, d in zip(info.order, info.dims) if letter != "C")
+            how = "from the Keras config"
+        if spatial is None:
+            rules.problems.append(f"{t.module}: reads a flattened map of {in_f} features but its height and width "
+                                  f"are unknown ({how}); give --input-shape")
+            continue
+        if len(spatial) == 0 or all(s == 1 for s in spatial):
+            continue
+        letters = "".join(c for c in f.order if c != "C")
+        src_order = info.order if info is not None else letters + "C"
+        assumed = "" if info is not None else (" The checkpoint has no Keras config: assumed it flattens NHWC "
+                                               "(no Permute before Flatten).")
+        if src_order == f.order:
+            rules.header.append(f"# {t.module}: both sides flatten the map in {f.order} order: no reorder")
+            continue
+        sizes = {"C": f.channels, **dict(zip(letters, spatial))}
+        if f.channels is None or sorted(src_order) != sorted(f.order):
+            rules.problems.append(f"{t.module}: cannot line up the flatten orders {src_order} and {f.order}")
+            continue
+        dims = [sizes[c] for c in src_order]
+        rules.add("flatten_order", {"keys": _anchored([t.keys["weight"]]), "dims": dims,
+                                    "layout": f"{src_order}->{f.order}"},
+                  f"{t.module} reads a flattened {f.order} map ({'x'.join(map(str, dims))} in {src_order} order, "
+                  f"sizes {how}); the checkpoint's Dense read it in {src_order} order.{assumed}")
+
+
+def _eps_rules(m: Matching, target: Target, configs: dict[str, dict], rules: _Rules) -> None:
+    groups: dict[tuple[float, float], list[str]] = {}
+    assumed = False
+    for p in m.pairs:
+        if p.reading.form is None:
+            continue
+        for u, t in zip(p.reading.units, p.targets):
+            cls = p.reading.what
+            if cls not in T.KERAS_EPS:
+                continue
+            cfg = p.reading.src.cfg
+            src_eps = float(cfg.get("epsilon", T.KERAS_EPS[cls]))
+            assumed = assumed or "epsilon" not in cfg
+            to = t.attrs.get("eps")
+            if to is None or abs(src_eps - to) <= 1e-12:
+                continue
+            if t.kind.startswith("BatchNorm") and "running_var" in t.keys:
+                groups.setdefault((src_eps, float(to)), []).append(t.keys["running_var"])
+            else:
+                rules.header.append(f"# {t.module}: Keras {cls} eps {src_eps:g}, target eps {to:g}: outputs differ "
+                                    f"slightly; build it with eps={src_eps:g}")
+    for (a, b), keys in groups.items():
+        rules.add("bn_eps", {"keys": _anchored(keys), "from": a, "to": b},
+                  f"BatchNorm eps {a:g} (Keras{' default, assumed: no config' if assumed else ''}) in a layer "
+                  f"with eps {b:g}: running_var += {a - b:g}: {_short(keys)}")
+
+
+def _fill_rules(fills: list[tuple[str, T.Fill, str]], target: Target, rules: _Rules) -> None:
+    nbt = [k for k, f, _ in fills if k.endswith("num_batches_tracked")]
+    if nbt:
+        layers = [k[: -len(".num_batches_tracked")] for k in nbt]
+        rules.add("add", {"for_each": "^(?P<layer>" + "|".join(re.escape(x) for x in layers) + r")\.running_var$",
+                          "key": "{layer}.num_batches_tracked", "dtype": "int64", "value": 0},
+                  "BatchNorm's num_batches_tracked, which the checkpoint does not store")
+    for key, f, what in fills:
+        if key.endswith("num_batches_tracked"):
+            continue
+        meta = target.tensors[key]
+        rules.add("add", {"key": key, "shape": list(meta.shape), "dtype": meta.dtype, "value": f.value},
+                  f"{key}: {what} stores no such tensor; {f.value:g} computes the same")
+
+
+def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None:
+    last = m.pairs[-1].targets[-1].index if m.pairs else None
+    first = min((p.targets[0].index for p in m.pairs), default=None)
+    for p in m.pairs:
+        if p.how != "near":
+            continue
+        t = p.targets[0]
+        for key, got, want in p.differs:
+            for axis, (a, b) in enumerate(zip(got, want)):
+                if a == b:
+                    continue
+                cause = _cause(t, axis, a, b, first, last)
+                if cause is None:
+                    rules.problems.append(f"{t.module}: {key} {fmt_shape(got)} vs {fmt_shape(want)}: kernel sizes "
+                                          "differ; no rule makes these weights compute the same thing")
+                    break
+                body = ({"keys": _anchored([key]), "axis": axis, "size": b, "fill": "zeros"} if b > a else
+                        {"keys": _anchored([key]), "axis": axis, "stop": b})
+                keep = (f"padding with zeros keeps the old {a} and adds {b - a}" if b > a else
+                        f"slicing keeps the first {b} of {a}")
+                rules.add("pad" if b > a else "slice", body, f"review: {cause}: {key} axis {axis} {a} -> {b}; {keep}")
+    for t in m.missing:
+        rules.problems.append(f"{t.module}: the target's {t.kind} has no counterpart in the checkpoint "
+                              f"({_short(t.keys.values())})")
+    if m.unplaced:
+        rules.add("drop", {"keys": _anchored(m.unplaced)},
+                  f"review: the target has no place for {len(m.unplaced)} tensor(s): {_short(m.unplaced)}")
+
+
+def _cause(t, axis: int, a: int, b: int, first, last) -> str | None:
+    kind = t.kind
+    if kind.startswith("Conv") or kind == "Linear":
+        in_axis = 0 if kind.startswith("ConvTranspose") else 1
+        if axis >= 2:
+            return None
+        if axis == in_axis:
+            return (f"input channels {a} -> {b} in the first layer {t.module}" if t.index == first
+                    else f"{t.module}: input width {a} -> {b}")
+        if kind == "Linear" and t.index == last:
+            return f"classes {a} -> {b} in the last layer {t.module}"
+        return f"{t.module}: width {a} -> {b}"
+    if axis == 0:
+        return f"{t.module}: width {a} -> {b}"
+    return None
+
+
+def _render(rules: _Rules, target_spec: str | None, source: str) -> str:
+    import yaml
+
+    out = [f"# Rules written by `ckptfix suggest` for {source}",
+           "# Lines marked `review:` change values: check them before you rely on the result."]
+    out += rules.header
+    out += [f"# cannot fix: {p}" for p in rules.problems]
+    out = [one_line(h) for h in out]
+    doc: dict = {"ckptfix": 1}
+    if target_spec:
+        doc["target"] = target_spec
+    out.append(yaml.safe_dump(doc, sort_keys=False, width=200).rstrip())
+    if not rules.items:
+        out.append("rules: []")
+        return "\n".join(out) + "\n"
+    out.append("rules:")
+    for it in rules.items:
+        out += [f"  # {one_line(ln)}" for ln in it.comment.splitlines()]
+        short = SHORTHAND.get(it.op)
+        if short is not None and set(it.body) == {short} and isinstance(it.body[short], str):
+            out.append(D.rule_line(it.op, it.body[short]))
+        else:
+            out.append(D.rule_line(it.op, it.body))
+    return "\n".join(out) + "\n"
 
 
 __all__ = ["suggest", "Suggestion"]

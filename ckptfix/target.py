@@ -32,6 +32,8 @@ class Target:
     layers: dict[str, L.Layer] = field(default_factory=dict)
     #: the file it was read from (a checkpoint, a layer-spec YAML, a factory .py), if any
     files: list[Path] = field(default_factory=list)
+    #: the model itself (built on the meta device) when the target is a model: traced by suggest
+    module: object | None = None
 
     @property
     def params(self) -> int:
@@ -162,6 +164,7 @@ def from_factory(ref: str, kwargs: dict | None, base_dir: Path | None = None) ->
 def from_module(model, description: str) -> Target:
     """Target from a live module (any device; only shapes are used)."""
     from . import dtypes
+    from .layer_table import torch_attrs
 
     tensors = {k: TensorMeta(tuple(v.shape), dtypes.from_torch(v.dtype)) for k, v in model.state_dict().items()}
     found: dict[str, L.Layer] = {}
@@ -177,9 +180,10 @@ def from_module(model, description: str) -> Target:
                 bufs.add(bname)
         local = {k: v for k, v in local.items() if v is not None}
         if local:
-            found[mname] = L.Layer(name=mname, kind=type(mod).__name__, attrs=L.module_attrs(mod),
+            found[mname] = L.Layer(name=mname, kind=type(mod).__name__,
+                                   attrs={**L.module_attrs(mod), **torch_attrs(mod)},
                                    tensors=local, buffers=frozenset(bufs))
-    return Target(description, tensors, found)
+    return Target(description, tensors, found, module=model)
 
 
 def resolve(spec, kwargs: dict | None = None, base_dir: Path | None = None, opener=None,

@@ -79,7 +79,31 @@ def _transpose(data):
 
 @generates(Depthwise)
 def _depthwise(data):
-    return Depthwise(), draw_tensor(data, min_rank=4, max_rank=4)
+    label = data.draw(st.sampled_from(["WCM->OIW", "HWCM->OIHW", "DHWCM->OIDHW"]), label="layout")
+    n = len(label.split("->")[0])
+    return Depthwise(label), draw_tensor(data, min_rank=n, max_rank=n)
+
+
+@generates(ops.ReorderBlocks)
+def _reorder_blocks(data):
+    order = tuple(data.draw(st.permutations(range(data.draw(st.integers(1, 4), label="blocks"))), label="order"))
+    rank = data.draw(st.integers(1, 3), label="rank")
+    axis = draw_axis(data, rank)
+    shape = data.draw(st.lists(st.integers(0, 3), min_size=rank, max_size=rank), label="shape")
+    shape[axis] = len(order) * data.draw(st.integers(0, 3), label="block size")
+    return ops.ReorderBlocks(order, axis), draw_tensor(data, shape=shape)
+
+
+@generates(ops.Chunk)
+def _chunk(data):
+    parts = data.draw(st.integers(1, 4), label="parts")
+    squeeze = data.draw(st.booleans(), label="squeeze")
+    rank = data.draw(st.integers(1, 3), label="rank")
+    axis = draw_axis(data, rank)
+    shape = data.draw(st.lists(st.integers(0, 3), min_size=rank, max_size=rank), label="shape")
+    shape[axis] = parts * (1 if squeeze else data.draw(st.integers(1, 3), label="part size"))
+    return ops.Chunk(axis, data.draw(st.integers(0, parts - 1), label="index"), parts, squeeze), \
+        draw_tensor(data, shape=shape)
 
 
 @generates(Slice)
@@ -126,7 +150,8 @@ def _flatten_order(data):
     axis = draw_axis(data, rank)
     shape = data.draw(st.lists(st.integers(0, 4), min_size=rank, max_size=rank), label="shape")
     shape[axis] = hwc[0] * hwc[1] * hwc[2]
-    return ops.FlattenOrder(hwc, axis), draw_tensor(data, shape=shape)
+    perm = tuple(data.draw(st.permutations(range(3)), label="perm"))
+    return ops.FlattenOrder(hwc, axis, perm, "XYZ->" + "".join("XYZ"[p] for p in perm)), draw_tensor(data, shape=shape)
 
 
 @generates(ops.AddScalar)

@@ -125,20 +125,105 @@ class Transpose(Op):
 
 @dataclass(frozen=True)
 class Depthwise(Op):
-    """Keras DepthwiseConv2D kernel (kh, kw, C, M) -> Conv2d(groups=C) weight (C*M, 1, kh, kw)."""
+    """Keras DepthwiseConv{1,2,3}D kernel (*K, C, M) -> Conv{1,2,3}d(groups=C) weight (C*M, 1, *K).
+
+    Exactly ``k.permute(C, M, *K).reshape(C*M, 1, *K)``: output channel ``c*M + m`` holds Keras'
+    ``kernel[..., c, m]``, as Keras' depthwise conv orders its outputs (tf.nn.depthwise_conv2d).
+    ``label`` is the layout (``HWCM->OIHW``, ``WCM->OIW``, ``DHWCM->OIDHW``); its length fixes the rank.
+    """
+
+    label: str = layouts.DEPTHWISE
+
+    @property
+    def rank(self) -> int:
+        return len(self.label.split("->")[0])
 
     def shape(self, meta):
-        if meta.rank != 4:
-            raise OpError(f"layout {layouts.DEPTHWISE} needs a rank-4 kernel, got {fmt_shape(meta.shape)}")
-        kh, kw, c, m = meta.shape
-        return meta.with_shape((c * m, 1, kh, kw))
+        if meta.rank != self.rank:
+            raise OpError(f"layout {self.label} needs a rank-{self.rank} kernel, got {fmt_shape(meta.shape)}")
+        *k, c, m = meta.shape
+        return meta.with_shape((c * m, 1, *k))
 
     def data(self, t):
-        kh, kw, c, m = t.shape
-        return permute_copy(t, (2, 3, 0, 1)).reshape(c * m, 1, kh, kw)
+        *k, c, m = t.shape
+        n = len(k)
+        return permute_copy(t, (n, n + 1, *range(n))).reshape(c * m, 1, *k)
 
     def describe(self):
-        return f"transpose {layouts.DEPTHWISE}"
+        return f"transpose {self.label}"
+
+
+@dataclass(frozen=True)
+class ReorderBlocks(Op):
+    """Cut ``axis`` into ``len(order)`` equal blocks; output block ``i`` is input block ``order[i]``.
+
+    For recurrent gates stored in another order: Keras GRU (z, r, h) -> torch GRU (r, z, n) is
+    ``order [1, 0, 2]`` on axis 0 of the torch-layout weight ``(3*U, I)`` and of the biases.
+    """
+
+    order: tuple[int, ...]
+    axis: int = 0
+
+    def shape(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        if sorted(self.order) != list(range(len(self.order))):
+            raise OpError(f"order {list(self.order)} is not a permutation of 0..{len(self.order) - 1}")
+        if meta.shape[ax] % len(self.order):
+            raise OpError(f"axis {self.axis} has {meta.shape[ax]} entries, not divisible into {len(self.order)} blocks")
+        return meta
+
+    def data(self, t):
+        ax = self.axis % t.dim()
+        blocks = t.chunk(len(self.order), dim=ax)
+        import torch
+
+        return torch.cat([blocks[i] for i in self.order], dim=ax).contiguous()
+
+    def describe(self):
+        return f"reorder {len(self.order)} blocks {list(self.order)} (axis {self.axis})"
+
+
+@dataclass(frozen=True)
+class Chunk(Op):
+    """Part ``index`` of ``parts`` equal parts of ``axis`` (``torch.chunk``); with ``squeeze`` the
+    axis is dropped (each part must then have size 1 there: ``torch.unbind``)."""
+
+    axis: int
+    index: int
+    parts: int
+    squeeze: bool = False
+
+    def shape(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        n = meta.shape[ax]
+        if n % self.parts:
+            raise OpError(f"axis {self.axis} has {n} entries, not divisible into {self.parts} parts")
+        size = n // self.parts
+        if self.squeeze and size != 1:
+            raise OpError(f"squeeze needs parts of size 1 along axis {self.axis}, got {size}")
+        shape = list(meta.shape)
+        if self.squeeze:
+            del shape[ax]
+        else:
+            shape[ax] = size
+        return meta.with_shape(shape)
+
+    def data(self, t):
+        ax = self.axis % t.dim()
+        import torch
+
+        part = t.chunk(self.parts, dim=ax)[self.index]
+        return (part.squeeze(ax) if self.squeeze else part).clone(memory_format=torch.contiguous_format)
+
+    def byte_span(self, meta):
+        ax = _axis(self.axis, meta.rank)
+        if any(d != 1 for d in meta.shape[:ax]):
+            return None
+        size = meta.nbytes // self.parts
+        return self.index * size, size
+
+    def describe(self):
+        return f"part {self.index + 1} of {self.parts} along axis {self.axis}" + (" (squeezed)" if self.squeeze else "")
 
 
 @dataclass(frozen=True)
@@ -289,33 +374,40 @@ class Cast(Op):
 
 @dataclass(frozen=True)
 class FlattenOrder(Op):
-    """Reorder the features along ``axis`` from Keras' (H, W, C) flatten order to PyTorch's (C, H, W).
+    """Reorder the features along ``axis`` from one flatten order of a feature map to another.
 
-    For the first Dense after a conv stack: Keras flattens NHWC, PyTorch flattens NCHW.
+    ``dims`` are the map's sizes in the source's order and ``perm`` the target's order of them:
+    exactly ``w.unflatten(axis, dims).permute(..., perm, ...).flatten(axis)``. Keras flattens NHWC
+    maps as (H, W, C); PyTorch flattens NCHW as (C, H, W): ``dims (H, W, C)``, ``perm (2, 0, 1)``
+    (``HWC->CHW``). Apply it to the PyTorch-layout Linear weight (out, features), i.e. after IO->OI.
     """
 
-    hwc: tuple[int, int, int]
+    dims: tuple[int, ...]
     axis: int = 1
+    perm: tuple[int, ...] = (2, 0, 1)
+    label: str = "HWC->CHW"
 
     def shape(self, meta):
         ax = _axis(self.axis, meta.rank)
-        if any(d <= 0 for d in self.hwc):
-            raise OpError(f"hwc {list(self.hwc)}: H, W and C must be positive")
-        if meta.shape[ax] != math.prod(self.hwc):
-            h, w, c = self.hwc
-            raise OpError(f"axis {self.axis} has {meta.shape[ax]} features, but H*W*C = {h}*{w}*{c} = {math.prod(self.hwc)}")
+        if any(d <= 0 for d in self.dims):
+            raise OpError(f"dims {list(self.dims)} must be positive")
+        if len(self.perm) != len(self.dims):
+            raise OpError(f"layout {self.label} has {len(self.perm)} axes, dims has {len(self.dims)}")
+        if meta.shape[ax] != math.prod(self.dims):
+            prod = "*".join(map(str, self.dims))
+            raise OpError(f"axis {self.axis} has {meta.shape[ax]} features, but {prod} = {math.prod(self.dims)}")
         return meta
 
     def data(self, t):
         ax = self.axis % t.dim()
-        h, w, c = self.hwc
         moved = t.movedim(ax, -1)
         lead = moved.shape[:-1]
-        out = moved.reshape(*lead, h, w, c).movedim(-1, -3).reshape(*lead, h * w * c)
-        return out.movedim(-1, ax).contiguous()
+        k = len(lead)
+        out = moved.reshape(*lead, *self.dims).permute(*range(k), *(k + p for p in self.perm))
+        return out.reshape(*lead, math.prod(self.dims)).movedim(-1, ax).contiguous()
 
     def describe(self):
-        return f"flatten order HWC{list(self.hwc)} -> CHW (axis {self.axis})"
+        return f"flatten order {self.label} {list(self.dims)} (axis {self.axis})"
 
 
 @dataclass(frozen=True)

@@ -125,14 +125,69 @@ class CastOp(_Model):
 
 
 class FlattenOrderOp(_Model):
-    """Reorder a Dense weight's input features from Keras' (H, W, C) flatten order to PyTorch's
-    (C, H, W). Apply to the PyTorch-layout weight (out, H*W*C), i.e. after IO->OI (axis 1)."""
+    """Reorder a Linear weight's input features from the source's flatten order of a feature map
+    to the target's: ``dims`` (the map's sizes in the source's order) and ``layout`` (letters, e.g.
+    ``HWC->CHW``: Keras flattens NHWC, PyTorch NCHW; ``WC->CW`` after Conv1D). ``hwc: [H, W, C]``
+    is the short form of ``dims: [H, W, C], layout: HWC->CHW``. Apply to the PyTorch-layout weight
+    (out, features), i.e. after IO->OI (axis 1)."""
 
     keys: Keys = Field(description=KEYS_DOC)
-    hwc: list[Annotated[int, Field(ge=1)]] = Field(min_length=3, max_length=3,
-                                                   description="the feature map's (H, W, C) before Flatten")
+    hwc: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=3, max_length=3,
+                                                          description="the feature map's (H, W, C) before Flatten")
+    dims: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1,
+                                                           description="the map's sizes in the source's order")
+    layout: str | None = Field(None, description="source order -> target order, e.g. HWC->CHW")
     axis: int = 1
     classes: list[str] | None = Field(None, description=CLASSES_DOC)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.hwc is None) == (self.dims is None):
+            raise ValueError("give hwc: [H, W, C], or dims and layout")
+        if self.dims is not None:
+            if self.layout is None:
+                raise ValueError("dims needs a layout, e.g. HWC->CHW")
+            from ..layouts import parse
+
+            if len(parse(self.layout)) != len(self.dims):
+                raise ValueError(f"layout {self.layout} has {len(parse(self.layout))} axes, dims {len(self.dims)}")
+        elif self.layout is not None:
+            raise ValueError("layout goes with dims (hwc means HWC->CHW)")
+        return self
+
+
+class ReorderBlocksOp(_Model):
+    """Cut ``axis`` into len(order) equal blocks and put them in ``order`` (block i of the result is
+    block order[i] of the input): recurrent gates, e.g. Keras GRU (z, r, h) -> torch (r, z, n) is
+    ``order: [1, 0, 2]`` on the torch-layout weights and biases."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    order: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    axis: int = 0
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+
+    @model_validator(mode="after")
+    def _perm(self):
+        if sorted(self.order) != list(range(len(self.order))):
+            raise ValueError(f"order {self.order} is not a permutation of 0..{len(self.order) - 1}")
+        return self
+
+
+class SplitOp(_Model):
+    """Cut one tensor (``key``, an exact name) into len(into) equal parts along ``axis``, named
+    ``into`` (torch.chunk); ``squeeze: true`` drops the axis (parts of size 1: torch.unbind), e.g.
+    Keras GRU bias (2, 3U) -> bias_ih (3U,) and bias_hh (3U,). The original tensor is gone."""
+
+    key: str
+    into: list[str] = Field(min_length=1)
+    axis: int = 0
+    squeeze: bool = False
+
+    @model_validator(mode="after")
+    def _names(self):
+        if len(set(self.into)) != len(self.into) or any(not n for n in self.into):
+            raise ValueError("into must list distinct, non-empty names")
+        return self
 
 
 class BnEpsOp(_Model):
@@ -182,6 +237,8 @@ OPS: dict[str, type[_Model]] = {
     "pad": PadOp,
     "cast": CastOp,
     "flatten_order": FlattenOrderOp,
+    "reorder_blocks": ReorderBlocksOp,
+    "split": SplitOp,
     "bn_eps": BnEpsOp,
     "add": AddOp,
 }

@@ -1,0 +1,550 @@
+"""The table of layer knowledge: for each torch.nn layer class, its parameters (names and shapes
+from constructor attributes) and, for Keras/TensorFlow, how that framework stores the same layer
+(variable names in save order, TF1 slim names, the layout op that makes each variable PyTorch's,
+and how to read the layer's attributes from the stored shapes alone).
+
+Everything else reads this table: ``layers`` (readings for inspect/diff/explain and parameter
+counts), ``match``/``suggest`` (target-driven matching), the ``keras-to-torch`` preset (a test
+checks it agrees), the Keras HDF5 reader (variable names of unnamed ``vars/<i>``).
+
+Conventions checked against the real frameworks by ``tools/zoo_oracle.py`` and the zoo tests:
+
+* Conv ``kernel`` (*K, I/g, O) -> ``weight`` (O, I/g, *K)  (HWIO->OIHW and its 1-D/3-D forms).
+* Conv*Transpose ``kernel`` (*K, O, I) -> ``weight`` (I, O, *K) (HWOI->IOHW).
+* DepthwiseConv ``kernel`` (*K, C, M) -> Conv(groups=C) ``weight`` (C*M, 1, *K); output channel
+  ``c*M + m`` is Keras' ``kernel[..., c, m]`` (Keras reshapes (C, M) to C*M in C order).
+* SeparableConv = depthwise (bias-free) then pointwise 1x1 carrying the bias: two torch convs.
+* Dense ``kernel`` (I, O) -> Linear ``weight`` (O, I).
+* PReLU ``alpha`` [..., C] (shared axes of size 1) -> ``weight`` [C].
+* LSTM: ``kernel`` (I, 4U), ``recurrent_kernel`` (U, 4U), gates i, f, c, o = torch's i, f, g, o:
+  ``weight_ih`` = kernel.T, ``weight_hh`` = recurrent_kernel.T, ``bias_ih`` = bias, ``bias_hh`` = 0.
+* GRU (``reset_after=True``, Keras' default): gates z, r, h; torch's r, z, n: transposed, blocks
+  reordered [1, 0, 2]; ``bias`` (2, 3U): row 0 is the input bias, row 1 the recurrent bias.
+  ``reset_after=False`` computes another function: no torch GRU holds it.
+* BatchNormalization: gamma, beta, moving_mean, moving_variance; eps 1e-3 by default (torch 1e-5):
+  folded into running_var (see ``bn_eps``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+Shape = tuple[int, ...]
+
+# ---------------------------------------------------------------------------------------------
+# torch.nn side: parameters from attributes, attributes from shapes
+
+
+@dataclass(frozen=True)
+class TorchLayer:
+    """One torch.nn layer class (or family of classes)."""
+
+    kinds: tuple[str, ...]
+    attrs: tuple[str, ...]                       # the module attributes that fix its shapes
+    params: Callable[[dict], dict[str, Shape]]   # attrs -> {local name: shape} (buffers too)
+    buffers: frozenset[str] = frozenset()
+    spatial: int | None = None                   # spatial rank (Conv2d: 2), None if not a conv
+
+    def shapes(self, attrs: dict) -> dict[str, Shape]:
+        return self.params(attrs)
+
+
+def _conv(n: int, transposed: bool):
+    def params(a: dict) -> dict[str, Shape]:
+        cin, cout, g, k = a["in_channels"], a["out_channels"], a.get("groups", 1), tuple(a["kernel_size"])
+        w = (cin, cout // g, *k) if transposed else (cout, cin // g, *k)
+        out = {"weight": w}
+        if a.get("bias", True):
+            out["bias"] = (cout,)
+        return out
+    return params
+
+
+def _linear(a: dict) -> dict[str, Shape]:
+    out = {"weight": (a["out_features"], a["in_features"])}
+    if a.get("bias", True):
+        out["bias"] = (a["out_features"],)
+    return out
+
+
+def _batchnorm(a: dict) -> dict[str, Shape]:
+    c = a["num_features"]
+    out: dict[str, Shape] = {}
+    if a.get("affine", True):
+        out.update(weight=(c,), bias=(c,))
+    if a.get("track_running_stats", True):
+        out.update(running_mean=(c,), running_var=(c,), num_batches_tracked=())
+    return out
+
+
+def _layernorm(a: dict) -> dict[str, Shape]:
+    s = tuple(a["normalized_shape"])
+    out: dict[str, Shape] = {}
+    if a.get("elementwise_affine", True):
+        out["weight"] = s
+        if a.get("bias", True):
+            out["bias"] = s
+    return out
+
+
+def _groupnorm(a: dict) -> dict[str, Shape]:
+    c = a["num_channels"]
+    return {"weight": (c,), "bias": (c,)} if a.get("affine", True) else {}
+
+
+def _rnn(gates: int):
+    def params(a: dict) -> dict[str, Shape]:
+        h, n, dirs = a["hidden_size"], a.get("num_layers", 1), 2 if a.get("bidirectional") else 1
+        out: dict[str, Shape] = {}
+        for layer in range(n):
+            for suffix in ("", "_reverse")[:dirs]:
+                cin = a["input_size"] if layer == 0 else h * dirs
+                out[f"weight_ih_l{layer}{suffix}"] = (gates * h, cin)
+                out[f"weight_hh_l{layer}{suffix}"] = (gates * h, h)
+                if a.get("bias", True):
+                    out[f"bias_ih_l{layer}{suffix}"] = (gates * h,)
+                    out[f"bias_hh_l{layer}{suffix}"] = (gates * h,)
+        return out
+    return params
+
+
+_CONV_ATTRS = ("in_channels", "out_channels", "kernel_size", "groups", "bias")
+TORCH: dict[str, TorchLayer] = {}
+for _n in (1, 2, 3):
+    TORCH[f"Conv{_n}d"] = TorchLayer((f"Conv{_n}d",), _CONV_ATTRS, _conv(_n, False), spatial=_n)
+    TORCH[f"ConvTranspose{_n}d"] = TorchLayer((f"ConvTranspose{_n}d",), _CONV_ATTRS, _conv(_n, True), spatial=_n)
+    TORCH[f"BatchNorm{_n}d"] = TorchLayer((f"BatchNorm{_n}d",), ("num_features", "affine", "track_running_stats"),
+                                          _batchnorm, frozenset({"running_mean", "running_var", "num_batches_tracked"}))
+TORCH.update({
+    "Linear": TorchLayer(("Linear",), ("in_features", "out_features", "bias"), _linear),
+    "LayerNorm": TorchLayer(("LayerNorm",), ("normalized_shape", "elementwise_affine", "bias"), _layernorm),
+    "GroupNorm": TorchLayer(("GroupNorm",), ("num_groups", "num_channels", "affine"), _groupnorm),
+    "PReLU": TorchLayer(("PReLU",), ("num_parameters",), lambda a: {"weight": (a["num_parameters"],)}),
+    "Embedding": TorchLayer(("Embedding",), ("num_embeddings", "embedding_dim"),
+                            lambda a: {"weight": (a["num_embeddings"], a["embedding_dim"])}),
+    "LSTM": TorchLayer(("LSTM",), ("input_size", "hidden_size", "num_layers", "bias", "bidirectional"), _rnn(4)),
+    "GRU": TorchLayer(("GRU",), ("input_size", "hidden_size", "num_layers", "bias", "bidirectional"), _rnn(3)),
+    "RNN": TorchLayer(("RNN",), ("input_size", "hidden_size", "num_layers", "bias", "bidirectional"), _rnn(1)),
+})
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def torch_attrs(module) -> dict:
+    """The table's attributes of a live torch module (``{}`` for classes the table lacks)."""
+    spec = TORCH.get(type(module).__name__)
+    if spec is None:
+        return {}
+    out = {}
+    for a in spec.attrs:
+        v = getattr(module, a, None)
+        if a == "bias" and not isinstance(v, bool):
+            v = v is not None if not isinstance(module, _rnn_types()) else bool(v)
+        if isinstance(v, (list, tuple)):
+            v = tuple(v)
+        out[a] = v
+    if "affine" in spec.attrs and out.get("affine") is None:
+        out["affine"] = True
+    eps = getattr(module, "eps", None)
+    if isinstance(eps, float):
+        out["eps"] = eps
+    return out
+
+
+def _rnn_types():
+    import torch
+
+    return (torch.nn.RNNBase,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras / TensorFlow side
+
+
+@dataclass(frozen=True)
+class Convert:
+    """How one stored variable becomes one torch tensor: ops applied in this order."""
+
+    var: str                                   # Keras variable name (save order name)
+    layout: str | None = None                  # transpose layout ("HWIO->OIHW", depthwise "HWCM->OIHW")
+    row: int | None = None                     # take row ``row`` of axis 0 (GRU bias (2, 3U))
+    blocks: tuple[int, ...] | None = None      # reorder equal blocks of axis 0 (GRU gates)
+    squeeze: bool = False                      # drop size-1 axes (PReLU alpha [1, 1, C] -> [C])
+
+
+@dataclass(frozen=True)
+class Fill:
+    """A torch tensor the framework does not store: a constant (LSTM's bias_hh: zeros)."""
+
+    value: float = 0.0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One torch module a stored layer becomes: its class, attributes and tensors."""
+
+    kind: str                                  # torch class (a family member: "Conv2d")
+    attrs: dict
+    tensors: dict[str, Convert | Fill]         # torch local name -> where it comes from
+    rnn_layer: int | None = None               # an LSTM/GRU: which of the torch module's layers
+
+    def shapes(self) -> dict[str, Shape]:
+        if self.kind not in TORCH:  # a layer the table does not know: its stored shapes, as they are
+            return dict(self.attrs["shapes"])
+        shapes = TORCH[self.kind].shapes(self.attrs)
+        if self.rnn_layer is not None:
+            return {k.replace("_l0", f"_l{self.rnn_layer}"): v for k, v in shapes.items()}
+        return shapes
+
+
+@dataclass(frozen=True)
+class KerasLayer:
+    """How Keras stores a layer class (``classes``) and what torch modules it is."""
+
+    classes: tuple[str, ...]
+    variables: tuple[str, ...]                  # names in Keras' save order (``vars/0``, ``vars/1``...)
+    optional: frozenset[str]                    # variables that may be absent (use_bias=False, ...)
+    units: Callable[[dict[str, Shape], dict], list[Unit] | None]   # shapes (by var), config -> units
+    note: str = ""
+
+
+SLIM = {"kernel": "weights", "bias": "biases", "depthwise_kernel": "depthwise_weights",
+        "pointwise_kernel": "pointwise_weights"}
+UNSLIM = {v: k for k, v in SLIM.items()}
+# Variable names that older Keras / tf.keras write for the same variable
+ALIASES = {"depthwise_kernel": "kernel", "embeddings": "embeddings"}
+
+_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
+
+
+def conv_layout(n: int, transposed: bool = False) -> str:
+    s = _LETTERS[n]
+    return f"{s}OI->IO{s}" if transposed else f"{s}IO->OI{s}"
+
+
+def depthwise_layout(n: int) -> str:
+    s = _LETTERS[n]
+    return f"{s}CM->OI{s}"
+
+
+def _bias(shapes, name="bias") -> dict:
+    return {"bias": Convert(name)} if name in shapes else {}
+
+
+def _keras_conv(n: int, transposed: bool):
+    def units(s: dict[str, Shape], cfg: dict) -> list[Unit] | None:
+        k = s.get("kernel")
+        if k is None or len(k) != n + 2:
+            return None
+        groups = int(cfg.get("groups", 1) or 1)
+        if transposed:
+            attrs = {"in_channels": k[-1], "out_channels": k[-2] * groups, "kernel_size": k[:n], "groups": groups}
+        else:
+            attrs = {"in_channels": k[-2] * groups, "out_channels": k[-1], "kernel_size": k[:n], "groups": groups}
+        attrs["bias"] = "bias" in s
+        if "bias" in s and s["bias"] != (attrs["out_channels"],):
+            return None
+        kind = f"ConvTranspose{n}d" if transposed else f"Conv{n}d"
+        return [Unit(kind, attrs, {"weight": Convert("kernel", conv_layout(n, transposed)), **_bias(s)})]
+    return units
+
+
+def _keras_depthwise(n: int):
+    def units(s, cfg):
+        k = s.get("kernel")
+        if k is None or len(k) != n + 2:
+            return None
+        c, m = k[-2], k[-1]
+        if "bias" in s and s["bias"] != (c * m,):
+            return None
+        return [Unit(f"Conv{n}d", {"in_channels": c, "out_channels": c * m, "kernel_size": k[:n], "groups": c,
+                                   "bias": "bias" in s},
+                     {"weight": Convert("kernel", depthwise_layout(n)), **_bias(s)})]
+    return units
+
+
+def _keras_separable(n: int):
+    def units(s, cfg):
+        d, p = s.get("depthwise_kernel"), s.get("pointwise_kernel")
+        if d is None or p is None or len(d) != n + 2 or len(p) != n + 2:
+            return None
+        c, m = d[-2], d[-1]
+        if p[-2] != c * m or any(x != 1 for x in p[:n]):
+            return None
+        out = p[-1]
+        if "bias" in s and s["bias"] != (out,):
+            return None
+        return [Unit(f"Conv{n}d", {"in_channels": c, "out_channels": c * m, "kernel_size": d[:n], "groups": c,
+                                   "bias": False}, {"weight": Convert("depthwise_kernel", depthwise_layout(n))}),
+                Unit(f"Conv{n}d", {"in_channels": c * m, "out_channels": out, "kernel_size": (1,) * n, "groups": 1,
+                                   "bias": "bias" in s},
+                     {"weight": Convert("pointwise_kernel", conv_layout(n)), **_bias(s)})]
+    return units
+
+
+def _keras_dense(s, cfg):
+    k = s.get("kernel")
+    if k is None or len(k) != 2 or ("bias" in s and s["bias"] != (k[1],)):
+        return None
+    return [Unit("Linear", {"in_features": k[0], "out_features": k[1], "bias": "bias" in s},
+                 {"weight": Convert("kernel", "IO->OI"), **_bias(s)})]
+
+
+def _keras_batchnorm(s, cfg):
+    c = next((s[v] for v in ("gamma", "beta", "moving_mean", "moving_variance") if v in s), None)
+    if c is None or len(c) != 1 or any(v != c for v in s.values()):
+        return None
+    if "moving_mean" not in s or "moving_variance" not in s:
+        return None
+    t: dict[str, Convert | Fill] = {"weight": Convert("gamma") if "gamma" in s else Fill(1.0),
+                                    "bias": Convert("beta") if "beta" in s else Fill(0.0),
+                                    "running_mean": Convert("moving_mean"), "running_var": Convert("moving_variance"),
+                                    "num_batches_tracked": Fill(0)}
+    return [Unit("BatchNorm2d", {"num_features": c[0]}, t)]  # the matcher takes any BatchNorm{1,2,3}d
+
+
+def _keras_norm(kind: str):
+    def units(s, cfg):
+        g = s.get("gamma") or s.get("beta")
+        if g is None or any(v != g for v in s.values()):
+            return None
+        t = {"weight": Convert("gamma") if "gamma" in s else Fill(1.0),
+             "bias": Convert("beta") if "beta" in s else Fill(0.0)}
+        if kind == "LayerNorm":
+            return [Unit("LayerNorm", {"normalized_shape": g}, t)]
+        if len(g) != 1:
+            return None
+        return [Unit("GroupNorm", {"num_channels": g[0], "num_groups": cfg.get("groups")}, t)]
+    return units
+
+
+def _keras_prelu(s, cfg):
+    a = s.get("alpha")
+    if a is None:
+        return None
+    big = [d for d in a if d != 1]
+    if len(big) > 1:
+        return None  # a slope per position: torch's PReLU holds one per channel
+    c = big[0] if big else 1
+    return [Unit("PReLU", {"num_parameters": c}, {"weight": Convert("alpha", squeeze=len(a) != 1)})]
+
+
+def _keras_embedding(s, cfg):
+    e = s.get("embeddings")
+    if e is None or len(e) != 2:
+        return None
+    return [Unit("Embedding", {"num_embeddings": e[0], "embedding_dim": e[1]}, {"weight": Convert("embeddings")})]
+
+
+def _keras_rnn(kind: str):
+    gates = RNN_GATES[kind]
+    order = (1, 0, 2) if kind == "GRU" else None
+
+    def units(s, cfg):
+        k, r = s.get("kernel"), s.get("recurrent_kernel")
+        if k is None or r is None or len(k) != 2 or len(r) != 2 or k[1] % gates or r[1] != k[1]:
+            return None
+        h = k[1] // gates
+        if r[0] != h:
+            return None
+        b = s.get("bias")
+        t: dict[str, Convert | Fill] = {"weight_ih_l0": Convert("kernel", "IO->OI", blocks=order),
+                                        "weight_hh_l0": Convert("recurrent_kernel", "IO->OI", blocks=order)}
+        if kind == "GRU":
+            if b is not None and b != (2, gates * h):
+                return None  # reset_after=False: another function than torch's GRU
+            if b is not None:
+                t["bias_ih_l0"] = Convert("bias", row=0, blocks=order)
+                t["bias_hh_l0"] = Convert("bias", row=1, blocks=order)
+        elif b is not None:
+            if b != (gates * h,):
+                return None
+            t["bias_ih_l0"] = Convert("bias")
+            t["bias_hh_l0"] = Fill(0.0)
+        attrs = {"input_size": k[0], "hidden_size": h, "num_layers": 1, "bias": b is not None,
+                 "bidirectional": False}
+        return [Unit(kind, attrs, t, rnn_layer=0)]
+    return units
+
+
+_KB = ("kernel", "bias")
+KERAS: list[KerasLayer] = []
+for _n in (1, 2, 3):
+    KERAS += [
+        KerasLayer((f"Conv{_n}D", f"Convolution{_n}D"), _KB, frozenset({"bias"}), _keras_conv(_n, False)),
+        KerasLayer((f"Conv{_n}DTranspose", f"Convolution{_n}DTranspose"), _KB, frozenset({"bias"}),
+                   _keras_conv(_n, True)),
+    ]
+KERAS += [
+    KerasLayer(("DepthwiseConv1D",), _KB, frozenset({"bias"}), _keras_depthwise(1)),
+    KerasLayer(("DepthwiseConv2D",), _KB, frozenset({"bias"}), _keras_depthwise(2)),
+    KerasLayer(("SeparableConv1D",), ("depthwise_kernel", "pointwise_kernel", "bias"), frozenset({"bias"}),
+               _keras_separable(1)),
+    KerasLayer(("SeparableConv2D",), ("depthwise_kernel", "pointwise_kernel", "bias"), frozenset({"bias"}),
+               _keras_separable(2)),
+    KerasLayer(("Dense",), _KB, frozenset({"bias"}), _keras_dense),
+    KerasLayer(("BatchNormalization",), ("gamma", "beta", "moving_mean", "moving_variance"),
+               frozenset({"gamma", "beta"}), _keras_batchnorm),
+    KerasLayer(("LayerNormalization",), ("gamma", "beta"), frozenset({"gamma", "beta"}), _keras_norm("LayerNorm")),
+    KerasLayer(("GroupNormalization",), ("gamma", "beta"), frozenset({"gamma", "beta"}), _keras_norm("GroupNorm")),
+    KerasLayer(("PReLU",), ("alpha",), frozenset(), _keras_prelu),
+    KerasLayer(("Embedding",), ("embeddings",), frozenset(), _keras_embedding),
+    KerasLayer(("LSTM",), ("kernel", "recurrent_kernel", "bias"), frozenset({"bias"}), _keras_rnn("LSTM")),
+    KerasLayer(("GRU",), ("kernel", "recurrent_kernel", "bias"), frozenset({"bias"}), _keras_rnn("GRU")),
+    KerasLayer(("SimpleRNN",), ("kernel", "recurrent_kernel", "bias"), frozenset({"bias"}), _keras_rnn("RNN")),
+]
+KERAS_BY_CLASS: dict[str, KerasLayer] = {c: k for k in KERAS for c in k.classes}
+# Keras' BatchNormalization / LayerNormalization / GroupNormalization default epsilon
+KERAS_EPS = {"BatchNormalization": 1e-3, "LayerNormalization": 1e-3, "GroupNormalization": 1e-3}
+# the variables of the cell of an RNN layer (Keras 3 stores them under ``<layer>/cell``)
+RNN_CELL_VARIABLES = ("kernel", "recurrent_kernel", "bias")
+RNN_CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
+
+
+def variable_names(cls: str | None) -> tuple[str, ...] | None:
+    """A Keras class's variable names in save order (None if the table does not know it)."""
+    k = KERAS_BY_CLASS.get(cls or "")
+    return k.variables if k is not None else None
+
+
+def normalize_var(name: str) -> str:
+    """TF1 slim and legacy names to Keras 3's: ``weights`` -> ``kernel``, ``depthwise_kernel`` stays."""
+    return UNSLIM.get(name, name)
+
+
+def keras_readings(shapes: dict[str, Shape], cls: str | None, cfg: dict | None = None,
+                   ) -> list[tuple[KerasLayer, dict[str, str], list[Unit]]]:
+    """Every way a stored layer can be read: (form, {stored var -> form var}, units).
+
+    ``shapes``: the layer's stored variables by name (any of Keras 3, legacy or slim names; or
+    indices ``0``, ``1``, ... as subclassed models store them). ``cls``: the Keras class if the
+    file records it (then only that class is tried).
+    """
+    cfg = cfg or {}
+    forms = [KERAS_BY_CLASS[cls]] if cls in KERAS_BY_CLASS else ([] if cls else KERAS)
+    out = []
+    names = list(shapes)
+    for form in forms:
+        for naming in _namings(names, form, cls is not None):
+            s = {naming[n]: shapes[n] for n in names}
+            if set(s) - set(form.variables) or set(form.variables) - set(s) - form.optional:
+                continue
+            units = form.units(s, cfg)
+            if units:
+                out.append((form, naming, units))
+    return out
+
+
+def _namings(names: list[str], form: KerasLayer, known_class: bool) -> list[dict[str, str]]:
+    """Ways to name stored variables as the form's: by name, or by save order for indices."""
+    if all(n.isdigit() for n in names):
+        idx = sorted(names, key=int)
+        if len(idx) > len(form.variables):
+            return []
+        if len(idx) == len(form.variables):
+            return [dict(zip(idx, form.variables))]
+        # fewer: optional variables absent (a missing trailing bias is the common case)
+        required = [v for v in form.variables if v not in form.optional]
+        if len(idx) < len(required):
+            return []
+        from itertools import combinations
+
+        outs = []
+        for keep in combinations(form.variables, len(idx)):
+            if set(required) <= set(keep):
+                outs.append(dict(zip(idx, keep)))
+        return outs
+    naming = {}
+    for n in names:
+        v = normalize_var(n)
+        if v not in form.variables and ALIASES.get(v) in form.variables:
+            v = ALIASES[v]
+        if v == "kernel" and "depthwise_kernel" in form.variables and form.classes[0].startswith("Separable"):
+            return []
+        naming[n] = v
+    return [naming]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading torch layers from their state-dict shapes (a checkpoint without classes)
+
+
+def torch_readings(shapes: dict[str, Shape]) -> list[Unit]:
+    """Torch layers whose state dict this is, read from names and shapes (identity conversions)."""
+    names = set(shapes)
+    same = {n: Convert(n) for n in names}
+    w = shapes.get("weight")
+    out: list[Unit] = []
+    if "weight_ih_l0" in names:
+        return _torch_rnn(shapes)
+    if w is None:
+        return []
+    if {"running_mean", "running_var"} <= names or (len(w) == 1 and "running_mean" in names):
+        return _consistent([Unit("BatchNorm2d", {"num_features": w[0], "affine": True,  # any BatchNorm{1,2,3}d
+                                                 "track_running_stats": "running_mean" in names}, same)], shapes)
+    if len(w) >= 3:
+        n = len(w) - 2
+        k = w[2:]
+        cands = [Unit(f"Conv{n}d", {"in_channels": w[1], "out_channels": w[0], "kernel_size": k, "groups": 1,
+                                    "bias": "bias" in names}, same),
+                 Unit(f"ConvTranspose{n}d", {"in_channels": w[0], "out_channels": w[1], "kernel_size": k,
+                                             "groups": 1, "bias": "bias" in names}, same)]
+        if n in _LETTERS and w[1] == 1 and w[0] > 1:  # depthwise: groups = C for any multiplier dividing out
+            for c in range(1, w[0] + 1):
+                if w[0] % c == 0 and c > 1:
+                    cands.append(Unit(f"Conv{n}d", {"in_channels": c, "out_channels": w[0], "kernel_size": k,
+                                                    "groups": c, "bias": "bias" in names}, same))
+        return _consistent(cands, shapes)
+    if len(w) == 2:
+        return _consistent([Unit("Linear", {"in_features": w[1], "out_features": w[0], "bias": "bias" in names}, same),
+                            Unit("Embedding", {"num_embeddings": w[0], "embedding_dim": w[1]}, same)], shapes)
+    if len(w) == 1:
+        return _consistent([Unit("LayerNorm", {"normalized_shape": w}, same),
+                            Unit("GroupNorm", {"num_channels": w[0], "num_groups": None}, same),
+                            Unit("PReLU", {"num_parameters": w[0]}, same)], shapes)
+    return []
+
+
+def _torch_rnn(shapes: dict[str, Shape]) -> list[Unit]:
+    """A torch LSTM/GRU/RNN read as one unit per layer (``rnn_layer``), as the matcher pairs them."""
+    layers = sorted({int(n.split("_l")[1].split("_")[0]) for n in shapes if "_l" in n})
+    if "weight_hh_l0" not in shapes or any(n.endswith("_reverse") for n in shapes):
+        return []
+    h = shapes["weight_hh_l0"][1]
+    out = []
+    for kind, g in RNN_GATES.items():
+        if shapes["weight_ih_l0"][0] != g * h:
+            continue
+        for layer in layers:
+            local = {n: s for n, s in shapes.items() if n.endswith(f"_l{layer}")}
+            w = local.get(f"weight_ih_l{layer}")
+            if w is None:
+                return []
+            attrs = {"input_size": w[1], "hidden_size": h, "num_layers": 1, "bias": f"bias_ih_l{layer}" in local,
+                     "bidirectional": False}
+            u = Unit(kind, attrs, {n.replace(f"_l{layer}", "_l0"): Convert(n) for n in local}, rnn_layer=layer)
+            if u.shapes() != local:
+                return []
+            out.append(u)
+    return out
+
+
+def opaque(shapes: dict[str, Shape]) -> Unit:
+    """A layer the table does not know, carried as its tensors (matched by names and shapes only)."""
+    return Unit("?", {"shapes": dict(shapes)}, {n: Convert(n) for n in shapes})
+
+
+def _consistent(units: list[Unit], shapes: dict[str, Shape]) -> list[Unit]:
+    return [u for u in units if u.shapes() == shapes]
+
+
+def params_of(kind: str, attrs: dict) -> int:
+    """Parameter count (buffers excluded) of a torch layer."""
+    spec = TORCH[kind]
+    return sum(math.prod(s) for n, s in spec.shapes(attrs).items() if n not in spec.buffers)
+
+
+__all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "Unit", "Convert", "Fill", "keras_readings", "torch_readings",
+           "variable_names", "conv_layout", "depthwise_layout", "params_of", "torch_attrs"]
+

@@ -1,0 +1,314 @@
+"""What a target model's forward pass shows: its layers in execution order, and which Linear layers
+read a flattened feature map (and in which order the map's axes were flattened).
+
+Traced with torch.fx on the meta device (no data, no memory); a model fx cannot trace falls back
+to registration order, and the facts it could not see are reported as assumptions by the caller.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+_PASS_METHODS = {"contiguous", "float", "clone", "detach", "to"}
+_PASS_FUNCS = {"dropout", "contiguous", "identity"}
+
+
+@dataclass
+class Flatten:
+    """A Linear fed by a flattened (C, *S) feature map."""
+
+    linear: str
+    producer: str | None          # the module whose output map was flattened
+    channels: int | None          # C
+    spatial_rank: int | None      # len(S)
+    order: str                    # the target's flatten order, in letters ("CHW"; "HWC" if it permutes first)
+    map_shape: tuple[int, ...] | None = None   # (C, *S) when the input shape was known
+
+    def spatial(self, in_features: int) -> tuple[tuple[int, ...] | None, str]:
+        """(S, how it was found): from the traced map shape, else the only S with prod = in/C (1-D),
+        a square / cube (2-D / 3-D), else None."""
+        if self.map_shape is not None:
+            return tuple(self.map_shape[1:]), "traced"
+        if not self.channels or not self.spatial_rank or in_features % self.channels:
+            return None, "unknown"
+        area = in_features // self.channels
+        n = self.spatial_rank
+        if n == 1:
+            return (area,), "from in_features / channels"
+        side = round(area ** (1 / n))
+        for s in (side - 1, side, side + 1):
+            if s > 0 and s ** n == area:
+                return (s,) * n, "assumed square"
+        return None, f"{area} positions do not form a square; give --input-shape"
+
+
+@dataclass
+class Trace:
+    order: list[str]                               # module names, execution order
+    traced: bool                                   # False: registration order (fx could not trace it)
+    flattens: dict[str, Flatten] = field(default_factory=dict)
+    note: str = ""
+
+
+def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
+    """Trace ``model`` (built on the meta device). ``input_shape``: the model's input (with batch)
+    when known, so the flattened maps' shapes are exact."""
+    import torch
+
+    modules = dict(model.named_modules())
+    registered = [n for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))
+                  or any(b is not None for b in m._buffers.values())]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - any model code can fail to trace
+        return Trace(registered, False, note=f"torch.fx could not trace the model ({type(e).__name__}); "
+                     "layers are taken in registration order")
+    def flattens_now() -> dict[str, Flatten]:
+        out = {}
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and type(modules.get(str(node.target))).__name__ == "Linear" and node.args:
+                f = _flatten_before(str(node.target), node.args[0], modules)
+                if f is not None:
+                    out[f.linear] = f
+        return out
+
+    flattens = flattens_now()
+    if input_shape is not None and flattens:
+        was = [m.training for m in gm.modules()]
+        try:  # eval mode: a training-mode BatchNorm on meta tensors pulls in torch._dynamo
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            gm.eval()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                ShapeProp(gm).propagate(torch.empty(input_shape, device="meta"))
+            flattens = flattens_now()
+        except Exception:  # noqa: BLE001 - a wrong guess of the input shape: shapes stay unknown
+            pass
+        finally:
+            for m, t in zip(gm.modules(), was):
+                m.training = t
+    order: list[str] = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            name = str(node.target)
+        elif node.op == "get_attr":
+            name = str(node.target).rpartition(".")[0]
+        else:
+            continue
+        for cand in _owners(name, modules):
+            if cand in registered and cand not in order:
+                order.append(cand)
+    order += [n for n in registered if n not in order]
+    return Trace(order, True, flattens)
+
+
+def _owners(name: str, modules: dict) -> list[str]:
+    """The module itself and, for a container called as a whole (a leaf to fx), its sub-modules."""
+    out = [name]
+    out += [n for n in modules if n.startswith(name + ".")] if name else []
+    return out
+
+
+def _is(node, op: str, names: set[str]) -> bool:
+    if node.op != op:
+        return False
+    t = node.target
+    name = t if isinstance(t, str) else getattr(t, "__name__", "")
+    return name in names
+
+
+def _flatten_before(linear: str, node, modules: dict) -> Flatten | None:
+    """Walk back from a Linear's input: flatten/view/reshape, then permutes, then the map."""
+    import torch
+
+    flattened = False
+    perm: list[int] | None = None
+    while hasattr(node, "op"):
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if mod is not None and isinstance(mod, torch.nn.Flatten):
+            if mod.start_dim != 1 or mod.end_dim != -1:
+                return None
+            flattened = True
+        elif _is(node, "call_function", {"flatten"}) or _is(node, "call_method", {"flatten"}):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            if start != 1:
+                return None
+            flattened = True
+        elif _is(node, "call_method", {"view", "reshape"}) or _is(node, "call_function", {"reshape"}):
+            flattened = True
+        elif flattened and (_is(node, "call_method", {"permute"}) or _is(node, "call_function", {"permute"})):
+            dims = node.args[1:] if node.op == "call_method" else node.args[1:2]
+            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = dims[0]
+            if not all(isinstance(d, int) for d in dims):
+                return None
+            p = list(dims)
+            perm = p if perm is None else [p[i] for i in perm]
+        elif (mod is not None and isinstance(mod, (torch.nn.Dropout, torch.nn.Identity))) or \
+                _is(node, "call_method", _PASS_METHODS) or _is(node, "call_function", _PASS_FUNCS):
+            pass
+        else:
+            break
+        if not node.args:
+            return None
+        node = node.args[0]
+    if not flattened or not hasattr(node, "op"):
+        return None
+    shape = None
+    tm = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
+    if tm is not None and hasattr(tm, "shape") and len(tm.shape) >= 3:
+        shape = tuple(int(d) for d in tm.shape[1:])
+    channels, rank, producer = _map_facts(node, modules)
+    if shape is not None:
+        channels, rank = shape[0], len(shape) - 1
+    elif tm is not None and hasattr(tm, "shape") and len(tm.shape) == 2:
+        return None  # flattening an already flat (N, F) tensor
+    if rank is None:
+        return None
+    letters = "C" + _SPATIAL.get(rank, "")
+    axes = ["N", *letters]
+    if perm is not None:
+        if sorted(perm) != list(range(len(axes))):
+            return None
+        axes = [axes[i] for i in perm]
+        if axes[0] != "N":
+            return None
+    return Flatten(linear, producer, channels, rank, "".join(axes[1:]), shape)
+
+
+def _map_facts(node, modules: dict) -> tuple[int | None, int | None, str | None]:
+    """(channels, spatial rank, producer) of the map a node holds, from the layers before it."""
+    channels = rank = producer = None
+    seen = 0
+    while hasattr(node, "op") and seen < 64:
+        seen += 1
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        cls = type(mod).__name__ if mod is not None else str(name)
+        if rank is None:
+            for n in (1, 2, 3):
+                if cls.endswith(f"{n}d"):
+                    rank = n
+        if channels is None and mod is not None:
+            for a in ("out_channels", "num_features", "num_channels"):
+                if isinstance(getattr(mod, a, None), int):
+                    channels, producer = getattr(mod, a), str(node.target)
+                    break
+        if channels is not None and rank is not None:
+            break
+        if not node.args:
+            break
+        node = node.args[0]
+    return channels, rank, producer
+
+
+# ---------------------------------------------------------------------------------------------
+# the source's graph: a Keras model config
+
+
+@dataclass
+class KerasFlatten:
+    order: str                          # the order Keras flattened the map in, e.g. "HWC", "CHW"
+    dims: tuple[int, ...] | None        # the map's sizes in that order, when the config has them
+
+
+def _entries(config) -> list[dict]:
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        layers = config["config"].get("layers")
+        if isinstance(layers, list):
+            return [e for e in layers if isinstance(e, dict)]
+    return []
+
+
+def _name(e: dict) -> str | None:
+    n = e.get("name") or (e.get("config") or {}).get("name")
+    return n if isinstance(n, str) else None
+
+
+def _inbound(e: dict) -> tuple[str | None, tuple | None]:
+    """(name of the layer feeding ``e``, the fed tensor's shape) from either config format."""
+    nodes = e.get("inbound_nodes")
+    if not isinstance(nodes, list) or not nodes:
+        return None, None
+    node = nodes[0]
+    if isinstance(node, dict):  # Keras 3: {"args": [{"class_name": "__keras_tensor__", "config": {...}}]}
+        args = node.get("args") or []
+        t = args[0] if args else None
+        if isinstance(t, dict) and isinstance(t.get("config"), dict):
+            hist = t["config"].get("keras_history")
+            shape = t["config"].get("shape")
+            return (hist[0] if isinstance(hist, list) and hist else None,
+                    tuple(shape) if isinstance(shape, list) else None)
+        return None, None
+    if isinstance(node, list) and node and isinstance(node[0], list) and node[0]:  # legacy [[name, 0, 0, {}]]
+        return (node[0][0] if isinstance(node[0][0], str) else None), None
+    return None, None
+
+
+def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
+    """Dense layers fed by a Flatten, with the order Keras flattened in (a Permute before the
+    Flatten changes it). Nested models' layers are named ``outer/inner``."""
+    out: dict[str, KerasFlatten] = {}
+    entries = _entries(config)
+    by_name = {_name(e): e for e in entries}
+    prev: dict[str, str | None] = {}
+    last = None
+    for e in entries:
+        n = _name(e)
+        src, _ = _inbound(e)
+        prev[n] = src if src is not None else last
+        last = n
+    for e in entries:
+        n = _name(e)
+        if e.get("class_name") in ("Functional", "Sequential", "Model"):
+            out.update(keras_flattens(e, f"{prefix}{n}/"))
+            continue
+        if e.get("class_name") != "Dense":
+            continue
+        f = by_name.get(prev.get(n))
+        if f is None or f.get("class_name") != "Flatten":
+            continue
+        src_name, shape = _inbound(f)
+        fed = by_name.get(prev.get(_name(f)))
+        dims = tuple(int(d) for d in shape[1:]) if shape and all(isinstance(d, int) for d in shape[1:]) else None
+        rank = len(dims) if dims is not None else None
+        if fed is not None and fed.get("class_name") == "Permute":
+            perm = (fed.get("config") or {}).get("dims")
+            _, pshape = _inbound(fed)
+            r = len(perm) if isinstance(perm, list) else None
+            if r is None or (pshape is not None and len(pshape) - 1 != r):
+                continue
+            base = _SPATIAL.get(r - 1, "") + "C"
+            if sorted(perm) != list(range(1, r + 1)):
+                continue
+            out[f"{prefix}{n}"] = KerasFlatten("".join(base[d - 1] for d in perm), dims)
+        elif rank is not None and rank >= 2:
+            out[f"{prefix}{n}"] = KerasFlatten(_SPATIAL.get(rank - 1, "") + "C", dims)
+        elif rank is None:
+            out[f"{prefix}{n}"] = KerasFlatten("", None)  # rank unknown (legacy config): the target decides
+    for k, v in list(out.items()):
+        if not v.order:
+            del out[k]
+    return out
+
+
+def keras_input_shape(config) -> tuple[int, ...] | None:
+    """The torch input shape (batch 1, channels first) of a Keras model with one image-like input."""
+    for e in _entries(config):
+        cfg = e.get("config") or {}
+        shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+        if isinstance(shape, list) and len(shape) >= 3 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            *space, c = shape[1:]
+            return (1, c, *space)
+        if shape is not None:
+            return None
+    return None
+
+
+__all__ = ["trace", "Trace", "Flatten", "keras_flattens", "keras_input_shape"]
