@@ -27,6 +27,18 @@ MAX_DEPTH = 500
 MAX_TENSOR_BYTES = 1 << 40     # 1 TiB: no tensor a rule makes may be larger, whatever the machine
 
 
+# -- building a target model on the CPU (target.py) -------------------------------------------------
+# when its constructor cannot run on the meta device (it calls self.to(...), .item(), ...): the
+# tensors it makes may take half of what the process can have (``build_budget``)
+
+
+def build_budget() -> int:
+    """The bytes of tensors a target's constructor may make when it is built on the CPU: half of
+    ``memory_limit()`` (the other half is for the rest of the run, and for the copies a
+    ``self.to(dtype)`` holds while it converts), never more than ``MAX_TENSOR_BYTES``."""
+    return min(memory_limit() // 2, MAX_TENSOR_BYTES)
+
+
 def fmt_bytes(n: int) -> str:
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift:

@@ -18,7 +18,7 @@ from . import layouts
 from .errors import RulesError
 from .limits import memory_limit, tensor_too_big
 from .rules.ops import (AddScalar, Cast, Chunk, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, ReorderBlocks,
-                        Slice, Transpose, tensor_seed)
+                        Reshape, Slice, Transpose, tensor_seed)
 from .rules.schema import Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
@@ -238,10 +238,10 @@ class _Planner:
         summary = ""
         for n in names:
             e = self.entries[n]
-            bound = self._bind(rule, n, e.meta)
-            if bound is None:
-                continue
             try:
+                bound = self._bind(rule, n, e.meta)
+                if bound is None:
+                    continue
                 new = bound.shape(e.meta)
             except OpError as ex:
                 raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
@@ -327,6 +327,8 @@ class _Planner:
             return ReorderBlocks(tuple(s.order), s.axis)
         if rule.op == "bn_eps":
             return AddScalar(s.from_eps - s.to_eps)
+        if rule.op == "reshape":
+            return Reshape.squeezing(meta) if s.squeeze else Reshape.to_shape(meta, s.shape)
         if rule.op == "slice":
             return Slice(s.axis, s.start, s.stop, s.step, tuple(s.index) if s.index is not None else None)
         if rule.op == "cast":
@@ -489,6 +491,8 @@ def _spec_summary(rule: Rule) -> str:
     """A rule's description when it touched nothing (an optional rule that matched no tensor)."""
     s = rule.spec
     what = getattr(s, "layout", None) or (list(s.perm) if getattr(s, "perm", None) else "")
+    if rule.op == "reshape":
+        what = "squeeze" if s.squeeze else fmt_shape(s.shape)
     cls = f" [{', '.join(s.classes)}]" if getattr(s, "classes", None) else ""
     return f"{rule.op} {what}{cls} (matched nothing)".replace("  ", " ")
 

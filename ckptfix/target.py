@@ -1,7 +1,9 @@
 """Targets: what a checkpoint must fit. A target is tensor metadata plus layers, from
 
 - another checkpoint (metadata only),
-- a model factory ``module:callable`` or ``path/to/file.py:callable`` built on the meta device,
+- a model factory ``module:callable`` or ``path/to/file.py:callable`` built on the meta device (no
+  memory), or, when its constructor needs real tensors (``self.to(device)``, ``.item()``), built
+  again on the CPU within ``limits.build_budget()``,
 - a layer spec: ``Conv2d(3, 15, 5)`` (the whole model is that layer), or a mapping / YAML file
   ``conv_layer: Conv2d(3, 15, 5)`` (nested mappings nest names), parsed without eval.
 
@@ -11,15 +13,18 @@ Building a model factory imports and runs that (your own) code; a checkpoint nev
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import importlib.util
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layers as L
 from .errors import CkptfixError, TargetError
+from .limits import fmt_bytes
 from .tensors import TensorMeta
 
 LAYER_EXPR = re.compile(r"^\s*[A-Za-z_]\w*\s*\(.*\)\s*$", re.S)
@@ -150,15 +155,131 @@ def from_factory(ref: str, kwargs: dict | None, base_dir: Path | None = None) ->
 
     try:
         fn = _import_callable(ref, base_dir)
-        with torch.device("meta"):
-            model = fn(**(kwargs or {}))
     except CkptfixError:
         raise
     except Exception as e:
-        raise TargetError(f"target {ref}: building the model failed: {type(e).__name__}: {e}") from None
+        raise TargetError(f"target {ref}: building the model failed: {_cause(e)}") from None
+    model = _build(fn, ref, kwargs or {})
     if not isinstance(model, torch.nn.Module):
         raise TargetError(f"target {ref}: returned {type(model).__name__}, not a torch.nn.Module")
     return from_module(model, f"model {ref}")
+
+
+def _build(fn, ref: str, kwargs: dict):
+    """Run the factory on the meta device: no memory, whatever the model's size. A constructor
+    that needs real tensors fails there (``self.to(device)``: "Cannot copy out of meta tensor";
+    ``.item()``, ``if t.any():``): it is then built again on the CPU, the tensors it makes held to
+    ``limits.build_budget()``. A module with some real tensors among meta ones (an explicit
+    ``device="cpu"``) is kept: only shapes and dtypes are read. Warnings are silenced during the
+    build: torch's about meta tensors, and each build would repeat the model's own."""
+    import torch
+
+    from .limits import build_budget
+
+    budget = build_budget()
+    on_meta = _allocation_mode(budget, real_by_default=False)
+    try:
+        with _quiet(), torch.device("meta"), on_meta:
+            return fn(**kwargs)
+    except CkptfixError:
+        raise
+    except Exception as e:
+        meta_cause = _cause(e, first_sentence=True)
+    over = f"its constructor fails on the meta device ({meta_cause}), and on the CPU it needs"
+    if on_meta.total > budget:  # what it made before it failed is already too much
+        raise TargetError(f"target {ref}: {over} at least {fmt_bytes(on_meta.total)}, more than the "
+                          f"{fmt_bytes(budget)} ckptfix lets a model build take; {_INSTEAD}")
+    on_cpu = _allocation_mode(budget, real_by_default=True)
+    try:
+        with _quiet(), torch.device("cpu"), on_cpu:
+            model = fn(**kwargs)
+    except CkptfixError:
+        raise
+    except Exception as e:
+        if not on_cpu.refused:
+            raise TargetError(f"target {ref}: building the model failed: {_cause(e)}") from None
+        model = None
+    if on_cpu.refused:
+        need = fmt_bytes(on_cpu.real + on_cpu.refused)
+        raise TargetError(f"target {ref}: {over} {'' if model is not None else 'at least '}{need}, more than the "
+                          f"{fmt_bytes(budget)} ckptfix lets a model build take; {_INSTEAD}")
+    return model
+
+
+_INSTEAD = ("if the constructor takes a device argument, pass --target-kwargs '{device: meta}' (or "
+            "target_kwargs in the rules file); else save its state_dict() and pass that file as --target")
+
+
+def _cause(e: BaseException, *, first_sentence: bool = False) -> str:
+    """``Type: message``, on one line (the message's first line, or first sentence)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    if first_sentence:
+        text = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _factories():
+    import torch
+
+    return frozenset([torch.empty, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn, torch.randint,
+                      torch.randperm, torch.arange, torch.linspace, torch.logspace, torch.eye,
+                      torch.empty_strided, torch.Tensor.new_empty, torch.Tensor.new_zeros,
+                      torch.Tensor.new_ones, torch.Tensor.new_full])
+
+
+def _allocation_mode(limit: int, real_by_default: bool):
+    """A torch function mode that holds a model build to ``limit`` bytes of real tensors. It
+    watches the tensor factories (torch.empty, zeros, randn, ..., Tensor.new_*: what every layer's
+    parameters and buffers start from) and sizes each call on the meta device first; a call that
+    would take real memory beyond ``limit`` is made on the meta device instead and counted in
+    ``refused`` (the build goes on, so the error can say what the whole model needs).
+    ``real_by_default``: a call without a device makes real tensors (the CPU build), else meta
+    ones (under ``torch.device("meta")``, only an explicit device is real)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    factories = _factories()
+
+    class Allocations(TorchFunctionMode):
+        total = 0    # bytes the factories were asked for, real or meta
+        real = 0     # of them, made in real memory
+        refused = 0  # asked for in real memory beyond the limit, made on the meta device instead
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func in factories and "out" not in kwargs:
+                try:
+                    probe = func(*args, **{**kwargs, "device": "meta"})
+                except Exception:  # the real call raises the same
+                    probe = None
+                if probe is not None:
+                    n = probe.numel() * probe.element_size()
+                    self.total += n
+                    if self._real(func, args, kwargs.get("device")):
+                        if self.real + n > limit:
+                            self.refused += n
+                            return probe
+                        self.real += n
+            return func(*args, **kwargs)
+
+        @staticmethod
+        def _real(func, args, device) -> bool:
+            if device is not None:
+                return torch.device(device).type != "meta"
+            if func.__name__.startswith("new_") and args and isinstance(args[0], torch.Tensor):
+                return args[0].device.type != "meta"
+            return real_by_default
+
+    return Allocations()
 
 
 def from_module(model, description: str) -> Target:

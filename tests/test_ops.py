@@ -167,6 +167,12 @@ def _reshape(data):
         i = data.draw(st.integers(0, len(dims) - 2), label="at")
         dims[i:i + 2] = [dims[i] * dims[i + 1]]
     dims += [1] * data.draw(st.integers(0, 2), label="ones")
+    form = data.draw(st.sampled_from(["shape", "-1", "squeeze"]), label="form")  # as the rule binds it
+    if form == "squeeze":
+        return Reshape.squeezing(meta_of(t)), t
+    if form == "-1" and dims and all(dims):
+        dims[data.draw(st.integers(0, len(dims) - 1), label="inferred")] = -1
+        return Reshape.to_shape(meta_of(t), dims), t
     return Reshape(tuple(dims)), t
 
 

@@ -432,11 +432,42 @@ class AddScalar(Op):
 
 @dataclass(frozen=True)
 class Reshape(Op):
+    """The same elements in a new shape: exactly ``numpy.reshape(a, to, order="C")`` (which is also
+    ``torch.reshape``). The elements are read in row-major (C) order, last axis fastest, and
+    written into the new shape in that same order; nothing is permuted, so ``[6] -> [2, 3]`` gives
+    rows ``a[0:3]`` and ``a[3:6]``. The element count must not change (a refusal at plan time). A
+    C-contiguous tensor keeps its bytes, so the executor copies them without reading
+    (``byte_span``). ``to`` is concrete; ``Reshape.to_shape`` and ``Reshape.squeezing`` bind a
+    rule's ``shape`` (one -1 inferred, as numpy does) or ``squeeze`` to a tensor at plan time."""
+
     to: tuple[int, ...]
+    label: str = ""  # how the rule said it ("squeeze", a shape with -1), for describe()
+
+    @classmethod
+    def to_shape(cls, meta: TensorMeta, shape) -> "Reshape":
+        """``shape`` with at most one -1, which stands for what the other axes leave (numpy's rule)."""
+        shape = tuple(shape)
+        if shape.count(-1) > 1 or any(d < -1 for d in shape):
+            raise OpError(f"shape {fmt_shape(shape)}: sizes are >= 0, with at most one -1")
+        if -1 in shape:
+            rest = math.prod(d for d in shape if d != -1)
+            if rest == 0:
+                raise OpError(f"cannot reshape to {fmt_shape(shape)}: with a size-0 axis the -1 is ambiguous")
+            if meta.numel % rest:
+                raise OpError(f"cannot reshape to {fmt_shape(shape)}: it holds {meta.numel} elements, "
+                              f"not a multiple of the {rest} the other axes hold")
+            return cls(tuple(meta.numel // rest if d == -1 else d for d in shape), f"reshape {fmt_shape(shape)}")
+        return cls(shape)
+
+    @classmethod
+    def squeezing(cls, meta: TensorMeta) -> "Reshape":
+        """Every size-1 axis dropped (``numpy.squeeze``); a tensor with none keeps its shape."""
+        return cls(tuple(d for d in meta.shape if d != 1), "squeeze (drop size-1 axes)")
 
     def shape(self, meta):
         if math.prod(self.to) != meta.numel:
-            raise OpError(f"cannot reshape {fmt_shape(meta.shape)} ({meta.numel} elements) to {fmt_shape(self.to)}")
+            raise OpError(f"cannot reshape to {fmt_shape(self.to)} ({math.prod(self.to)} elements): it holds "
+                          f"{meta.numel}; a reshape keeps the element count")
         return meta.with_shape(self.to)
 
     def data(self, t):
@@ -446,7 +477,7 @@ class Reshape(Op):
         return 0, meta.nbytes
 
     def describe(self):
-        return f"reshape {fmt_shape(self.to)}"
+        return self.label or f"reshape {fmt_shape(self.to)}"
 
 
 @dataclass(frozen=True)

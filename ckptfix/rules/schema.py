@@ -118,6 +118,27 @@ class PadOp(_Model):
         return self
 
 
+class ReshapeOp(_Model):
+    """Reshape with the same element count, as ``numpy.reshape(a, shape, order="C")``: the elements
+    are read and written in row-major order (the bytes stay as they are). ``shape`` may hold one -1
+    (inferred); ``squeeze: true`` drops every size-1 axis instead (a PReLU alpha ``[1, 1, C]`` ->
+    ``[C]``) and leaves a tensor with none unchanged."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+    shape: list[Annotated[int, Field(ge=-1)]] | None = Field(
+        None, description="the new shape, same element count; one -1 is inferred")
+    squeeze: Literal[True] | None = Field(None, description="true: drop every size-1 axis")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.shape is None) == (self.squeeze is None):
+            raise ValueError("give exactly one of shape or squeeze: true")
+        if self.shape is not None and self.shape.count(-1) > 1:
+            raise ValueError(f"shape {self.shape} has more than one -1")
+        return self
+
+
 class CastOp(_Model):
     dtype: Literal["float32", "float16", "bfloat16"]
     keys: Keys | None = Field(None, description=KEYS_DOC + "; default every floating-point tensor")
@@ -234,6 +255,7 @@ OPS: dict[str, type[_Model]] = {
     "keep": KeysOp,
     "transpose": TransposeOp,
     "slice": SliceOp,
+    "reshape": ReshapeOp,
     "pad": PadOp,
     "cast": CastOp,
     "flatten_order": FlattenOrderOp,
