@@ -215,3 +215,34 @@ def _misfit_summary(fit: Fit) -> str:
     if fit.unexpected:
         parts.append(f"{len(fit.unexpected)} unexpected (e.g. {fit.unexpected[0]})")
     return "; ".join(parts)
+
+
+def keras_config(path: str, opts: Options | None = None):
+    """The Keras model config in ``path``: a .keras / legacy .h5 file (read as a checkpoint, so it
+    gets the same isolation and limits), or a JSON file (``model.to_json()`` or a .keras archive's
+    config.json)."""
+    from .errors import InputError
+    from .formats.keras_h5 import _loads_config
+    from .limits import MAX_JSON_MEMBER
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "no such file" if not p.exists() else "not a file")
+    if p.suffix.lower() == ".json":
+        if p.stat().st_size > MAX_JSON_MEMBER:
+            raise InputError(p, f"a Keras config over {MAX_JSON_MEMBER:,} bytes")
+        data = _loads_config(p.read_bytes().decode("utf-8", errors="surrogateescape"), "Keras config", p)
+    else:
+        with (opts or Options()).open(p) as r:
+            data = r.extras().get("keras_config")
+    if not isinstance(data, dict) or "class_name" not in data or "config" not in data:
+        raise InputError(p, "holds no Keras model config (expected {class_name, config} as model.to_json() writes)")
+    return data
+
+
+def config_layers(config) -> tuple[dict[str, str], dict[str, dict]]:
+    """({layer path: class}, {layer path: layer config}) of a Keras model config."""
+    from .formats.keras_h5 import walk_config
+
+    layers = walk_config(config)
+    return {p: c for p, c, _ in layers}, {p: cfg for p, _, cfg in layers}

@@ -221,7 +221,11 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             input_shape: Optional[str] = typer.Option(
                 None, "--input-shape", help="The model's input as the target takes it, e.g. 3x12x16 "
                 "(channels first, no batch): fixes the feature map a Flatten -> Linear reads when the "
-                "checkpoint has no Keras config.")) -> None:
+                "checkpoint has no Keras config."),
+            keras_config: Optional[str] = typer.Option(
+                None, "--keras-config", help="A Keras model config for a checkpoint that has none (.npz, TF "
+                "checkpoints, .weights.h5): a .keras or legacy .h5 file, or the JSON of model.to_json(). "
+                "Gives layer classes, the graph and Permute/Flatten facts.")) -> None:
     """Write a commented rules file that makes CKPT fit the target, proven by a dry-run plan. Exit 1 if it cannot."""
 
     def go():
@@ -237,11 +241,17 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             raise UsageError(f"{out}: already exists (use --force to replace it)")
         if out is not None and Path(out).is_dir():
             raise UsageError(f"{out}: is a directory; give the rules file's path")
+        extra = api.keras_config(keras_config, opts) if keras_config is not None else None
         with opts.open(ckpt) as r:
             if out is not None:  # never onto the checkpoint (any of its files) or the target's file
-                check_output(inputs_of(ckpt, None, tgt.files), Path(out), force, r)
-            sug = run_suggest(r.metas(), tgt, classes=r.layer_classes(), configs=r.layer_configs(),
-                              keras_config=r.extras().get("keras_config"), source_format=r.format,
+                extra_files = [Path(keras_config)] if keras_config is not None else []
+                check_output(inputs_of(ckpt, None, [*tgt.files, *extra_files]), Path(out), force, r)
+            config = r.extras().get("keras_config") or extra
+            classes, configs = r.layer_classes(), r.layer_configs()
+            if extra is not None and not classes:
+                classes, configs = api.config_layers(extra)
+            sug = run_suggest(r.metas(), tgt, classes=classes, configs=configs,
+                              keras_config=config, source_format=r.format,
                               input_shape=_input_shape(input_shape),
                               target_spec=_relative_to(target, Path(out).parent if out else None)
                               if not target_kwargs else None, source=str(ckpt))

@@ -408,9 +408,16 @@ def variable_names(cls: str | None) -> tuple[str, ...] | None:
     return k.variables if k is not None else None
 
 
+_VARIABLES = frozenset(v for k in KERAS for v in k.variables)
+
+
 def normalize_var(name: str) -> str:
-    """TF1 slim and legacy names to Keras 3's: ``weights`` -> ``kernel``, ``depthwise_kernel`` stays."""
-    return UNSLIM.get(name, name)
+    """TF1 slim, legacy and TF2 object-graph names to Keras 3's: ``weights`` -> ``kernel``,
+    ``_kernel`` -> ``kernel`` (a Keras 3 layer's attribute in a tf.train.Checkpoint)."""
+    name = UNSLIM.get(name, name)
+    if name.startswith("_") and name[1:] in _VARIABLES:
+        return name[1:]
+    return name
 
 
 def keras_readings(shapes: dict[str, Shape], cls: str | None, cfg: dict | None = None,

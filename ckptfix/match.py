@@ -182,7 +182,10 @@ def compatible(u: T.Unit, t: TargetUnit, near: bool = False) -> bool:
 
 
 def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[str, str] | None = None,
-          configs: dict[str, dict] | None = None) -> Matching:
+          configs: dict[str, dict] | None = None, feeds: tuple[dict, dict] | None = None) -> Matching:
+    """``feeds``: (target layer -> the layer it reads, source layer -> the layer it reads), from the
+    traced graph and the source's config: among equally good candidates, the one read from where
+    the target layer reads is taken (two BatchNorms of the same size after parallel convs)."""
     srcs, ordered = source_layers(metas, classes or {}, configs or {})
     tunits = target_units(target, order)
     pairs: list[Pair] = []
@@ -211,6 +214,12 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
         pool.append((s, readings(s)))
     used: set[int] = set()
     matched_t: set[int] = set()
+    t_feed, s_feed = feeds or ({}, {})
+    paired: dict[str, str] = {p.targets[0].module: p.reading.src.name for p in pairs}
+
+    def prefer(t: TargetUnit):
+        up = paired.get(t_feed.get(t.module, ""))
+        return (lambda s: s_feed.get(s.name) == up) if up is not None and s_feed else None
     # 2. in order
     last = -1
     i = 0
@@ -219,11 +228,13 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
         if t.index in matched_t:
             i += 1
             continue
-        found = _find(left_t, i, pool, used, last, ordered, near=False)
+        found = _find(left_t, i, pool, used, last, ordered, near=False, prefer=prefer(t))
         if found is not None:
             j, r, n_units, how = found
             ts = left_t[i:i + n_units]
             pairs.append(Pair(ts, r, how))
+            for x in ts:
+                paired[x.module] = r.src.name
             used.add(j)
             matched_t.update(x.index for x in ts)
             last = max(last, j) if how == "in order" else last
@@ -250,7 +261,8 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
     return Matching(pairs, unplaced, missing, ordered)
 
 
-def _find(left_t: list[TargetUnit], i: int, pool, used: set[int], last: int, ordered: bool, near: bool):
+def _find(left_t: list[TargetUnit], i: int, pool, used: set[int], last: int, ordered: bool, near: bool,
+          prefer=None):
     """The source layer (index in pool, reading, units consumed, how) for target unit i."""
     def fits(r: Reading) -> int:
         n = len(r.units)
@@ -272,6 +284,11 @@ def _find(left_t: list[TargetUnit], i: int, pool, used: set[int], last: int, ord
                 break
     if not candidates:
         return None
+    if prefer is not None and len(candidates) > 1:
+        fed = [c for c in candidates if prefer(pool[c[0]][0])]
+        if len(fed) == 1:
+            j, r, n = fed[0]
+            return j, r, n, "by the graph"
     if near or not ordered:
         j, r, n = candidates[0]
         return j, r, n, ("near" if near else "in name order")

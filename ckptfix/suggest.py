@@ -30,7 +30,7 @@ from .plan import Plan, make_plan
 from .rules.schema import OPS, SHORTHAND, Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
-from .trace import Trace, keras_flattens, keras_input_shape, trace
+from .trace import Trace, keras_feeds, keras_flattens, keras_input_shape, trace
 
 
 @dataclass
@@ -111,12 +111,20 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     shape_in = input_shape or keras_input_shape(keras_config)
     tr = trace(target.module, shape_in) if target.module is not None else \
         Trace(list(target.layers), False, note="the target is not a model: its layers are taken in file order")
-    m = match(work, target, tr.order, classes, configs)
+    s_feed = keras_feeds(keras_config, lambda n: any(k.startswith(n + "/") for k in work)) if keras_config else {}
+    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed))
     if not m.ordered:
-        rules.header.append("# the checkpoint's layer order is lost (sorted names): layers of the same shapes "
-                            "were paired in natural name order (conv2d, conv2d_1, ...)")
+        rules.header.append("# review: the checkpoint's layer order is lost (sorted names): layers of the same "
+                            "shapes were paired in natural name order (conv2d, conv2d_1, ...). Check them, or give "
+                            "the model's config with --keras-config")
     if tr.note:
         rules.header.append(f"# {tr.note}")
+    crossed = [p for p in m.pairs if p.how == "out of order"]
+    if crossed and not s_feed:
+        rules.header.append(
+            f"# review: the checkpoint's layer order differs from the model's at {_short(p.targets[0].module for p in crossed)} "
+            "(parallel branches?), and the checkpoint has no graph: layers of the same shapes there were paired by "
+            "order. Check them, or give the model's config with --keras-config")
     _build(m, work, target, tr, keras_config, configs, rules)
     typed = rules.typed()
     plan = make_plan(metas, typed, target, classes=classes, layer_configs=configs)
@@ -205,7 +213,7 @@ def _flatten_rules(m: Matching, metas, tr: Trace, keras_config, rules: _Rules) -
             how = "from the Keras config"
         if spatial is None:
             rules.problems.append(f"{t.module}: reads a flattened map of {in_f} features but its height and width "
-                                  f"are unknown ({how}); give --input-shape")
+                                  f"are unknown ({how})")
             continue
         if len(spatial) == 0 or all(s == 1 for s in spatial):
             continue

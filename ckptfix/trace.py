@@ -33,7 +33,7 @@ class Flatten:
         if self.map_shape is not None:
             return tuple(self.map_shape[1:]), "traced"
         if not self.channels or not self.spatial_rank or in_features % self.channels:
-            return None, "unknown"
+            return None, "unknown; give --input-shape"
         area = in_features // self.channels
         n = self.spatial_rank
         if n == 1:
@@ -51,6 +51,7 @@ class Trace:
     traced: bool                                   # False: registration order (fx could not trace it)
     flattens: dict[str, Flatten] = field(default_factory=dict)
     note: str = ""
+    feeds: dict[str, str] = field(default_factory=dict)   # layer -> the layer whose output it reads
 
 
 def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
@@ -105,7 +106,28 @@ def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
             if cand in registered and cand not in order:
                 order.append(cand)
     order += [n for n in registered if n not in order]
-    return Trace(order, True, flattens)
+    feeds = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target) in registered and node.args:
+            f = _feeder(node.args[0], registered)
+            if f is not None:
+                feeds[str(node.target)] = f
+    return Trace(order, True, flattens, feeds=feeds)
+
+
+def _feeder(node, registered: list[str]) -> str | None:
+    """The nearest layer with parameters upstream of ``node`` (first inputs only)."""
+    for _ in range(64):
+        if isinstance(node, (list, tuple)):
+            node = node[0] if node else None
+        if not hasattr(node, "op"):
+            return None
+        if node.op == "call_module" and str(node.target) in registered:
+            return str(node.target)
+        if not node.args:
+            return None
+        node = node.args[0]
+    return None
 
 
 def _owners(name: str, modules: dict) -> list[str]:
@@ -295,6 +317,32 @@ def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
     for k, v in list(out.items()):
         if not v.order:
             del out[k]
+    return out
+
+
+def keras_feeds(config, weighted, prefix: str = "") -> dict[str, str]:
+    """Layer -> the nearest layer with weights upstream of it (first inputs), from the config's
+    graph (Sequential: the layer before). ``weighted(name)``: whether a layer holds weights."""
+    entries = _entries(config)
+    prev: dict[str, str | None] = {}
+    last = None
+    for e in entries:
+        n = _name(e)
+        src, _ = _inbound(e)
+        prev[n] = src if src is not None else last
+        last = n
+    out = {}
+    for e in entries:
+        n = _name(e)
+        if not weighted(f"{prefix}{n}"):
+            continue
+        up = prev.get(n)
+        for _ in range(len(entries)):
+            if up is None or weighted(f"{prefix}{up}"):
+                break
+            up = prev.get(up)
+        if up is not None:
+            out[f"{prefix}{n}"] = f"{prefix}{up}"
     return out
 
 

@@ -82,12 +82,27 @@ def test_twin_module_names_share_nothing_with_keras(arch):
         assert not parts & keras_names, (twin, parts & keras_names)
 
 
+# Files with no model config (weights only) cannot say what only the graph knows: a non-square map
+# before Flatten (vgg: 3x4 after two poolings of 12x16), a Permute before Flatten (vgg_permute), or
+# which of two same-sized BatchNorms follows which conv in parallel branches (resnet). For those,
+# the test gives the model's config as a user holding the model code would (`--keras-config`);
+# test_weights_only_files_say_what_they_cannot_know checks what suggest says without it.
+CONFIG_LESS = ("{}.weights.h5", "{}_tf1", "{}_tf2", "{}.npz")
+NEEDS_GRAPH = ("vgg", "vgg_permute", "resnet")
+
+
+def suggest_args(arch: str, fmt: str) -> list:
+    if arch in NEEDS_GRAPH and fmt in CONFIG_LESS:
+        return ["--keras-config", ZOO_DIR / f"{arch}.keras"]
+    return []
+
+
 @pytest.mark.parametrize("arch,twin,in_perm,out_perm,fmt", CASES)
 def test_suggest_then_apply_reproduces_keras(cli, tmp_path, arch, twin, in_perm, out_perm, fmt):
     src = ZOO_DIR / fmt.format(arch)
     rules = tmp_path / "rules.yaml"
     out = tmp_path / "out.safetensors"
-    r = cli("suggest", src, "--target", f"{TWINS}:{twin}", "-o", rules)
+    r = cli("suggest", src, "--target", f"{TWINS}:{twin}", "-o", rules, *suggest_args(arch, fmt))
     assert r.exit_code == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert uncommented_rules(rules.read_text()) == [], rules.read_text()
     r = cli("apply", src, "-r", rules, "-o", out)
@@ -100,3 +115,31 @@ def test_suggest_then_apply_reproduces_keras(cli, tmp_path, arch, twin, in_perm,
     assert len(got) == len(ys)
     for i, (g, y) in enumerate(zip(got, ys)):
         assert_outputs_close(g, torch.from_numpy(y), msg=lambda m, i=i: f"output {i}: {m}")
+
+
+@pytest.mark.parametrize("fmt", CONFIG_LESS)
+def test_weights_only_files_say_what_they_cannot_know(cli, tmp_path, fmt):
+    """Without a config: a non-square map is refused with what to give; the NHWC assumption and
+    the order-only pairing of parallel branches are written into the rules file."""
+    r = cli("suggest", ZOO_DIR / fmt.format("vgg"), "--target", f"{TWINS}:VGGTwin")
+    assert r.exit_code == 1 and "--input-shape" in r.stdout, r.stdout[-2000:]
+    r = cli("suggest", ZOO_DIR / fmt.format("vgg_permute"), "--target", f"{TWINS}:VGGTwin", "--input-shape", "3x12x16")
+    assert "assumed it flattens NHWC" in r.stdout, r.stdout[-2000:]
+    r = cli("suggest", ZOO_DIR / fmt.format("resnet"), "--target", f"{TWINS}:ResNetTwin")
+    assert re.search(r"# review: the checkpoint's layer order (differs from the model's|is lost)", r.stdout), \
+        r.stdout[-2000:]
+
+
+def test_input_shape_fixes_a_non_square_map(cli, tmp_path):
+    """vgg.npz with only `--input-shape 3x12x16` (channels first): the traced map is 16x3x4."""
+    rules, out = tmp_path / "rules.yaml", tmp_path / "out.safetensors"
+    r = cli("suggest", ZOO_DIR / "vgg.npz", "--target", f"{TWINS}:VGGTwin", "--input-shape", "3x12x16", "-o", rules)
+    assert r.exit_code == 0, r.stdout[-2000:]
+    assert "flatten_order" in rules.read_text()
+    assert cli("apply", ZOO_DIR / "vgg.npz", "-r", rules, "-o", out).exit_code == 0
+    model = zoo_twins.VGGTwin()
+    model.load_state_dict(load_file(out), strict=True)
+    x, ys = keras_outputs("vgg")
+    twin_cases = dict((t, (i, o)) for t, i, o in zoo_twins.ZOO["vgg"])
+    got = zoo_twins.run_twin(model, x, *twin_cases["VGGTwin"])
+    assert_outputs_close(got[0], torch.from_numpy(ys[0]))
