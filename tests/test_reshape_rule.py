@@ -204,3 +204,13 @@ def test_schema_lists_reshape(cli):
     assert "reshape" in titles
     props = schema["$defs"]["ReshapeOp"]["properties"]
     assert {"keys", "classes", "shape", "squeeze"} <= set(props)
+
+
+def test_for_prelu_alphas_shape_minus_1_keeps_a_single_alpha_a_vector():
+    """What the README advises for Keras PReLU alphas: ``shape: [-1]`` gives ``[C]`` from
+    ``[1, 1, C]`` and ``[1]`` from a shared-axes ``[1, 1, 1]`` (torch's PReLU() weight), where
+    squeeze would give a scalar ``[]``."""
+    for shape, flat, squeezed in [((1, 1, 8), (8,), (8,)), ((1, 1, 1), (1,), ())]:
+        meta = TensorMeta(shape)
+        assert Reshape.to_shape(meta, [-1]).shape(meta).shape == flat
+        assert Reshape.squeezing(meta).shape(meta).shape == squeezed

@@ -135,8 +135,10 @@ def test_warnings_are_the_models_own_without_ckptfix():
 def test_an_ordinary_billion_parameter_factory_builds_on_meta_without_memory():
     """nn.Linear(40000, 25000) is 4 GB on the CPU; on meta its build takes none (the peak RSS of
     the whole process, torch included, stays far below 4 GB)."""
-    code = ("import resource, json; from ckptfix import target; t = target.resolve('tests/moving_nets.py:billion'); "
-            "print(json.dumps([t.params, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))")
+    # VmHWM: the peak RSS of this process image (ru_maxrss would carry the parent's over the exec)
+    code = ("import json, re; from ckptfix import target; t = target.resolve('tests/moving_nets.py:billion'); "
+            "hwm = re.search(r'VmHWM:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1); "
+            "print(json.dumps([t.params, int(hwm)]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stderr == "", r.stderr
