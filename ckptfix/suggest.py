@@ -190,7 +190,7 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
         rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(order)},
                   f"gate order: Keras GRU (z, r, h) -> torch (r, z, n): {_short(keys)}")
     if squeezes:
-        rules.add("reshape", {"keys": _anchored(squeezes), "squeeze": True},
+        rules.add("reshape", {"keys": _anchored(squeezes), "shape": [-1]},
                   f"PReLU alpha [..., C] with shared axes -> torch's [C]: {_short(squeezes)}")
     _flatten_rules(m, metas, tr, keras_config, rules)
     _eps_rules(m, target, configs, rules)
