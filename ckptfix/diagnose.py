@@ -102,13 +102,26 @@ def _layer(name: str, shapes: dict[str, Shape | None]) -> L.Layer:
     return L.infer_layer(layer, local)
 
 
+# Kinds of cause, most fundamental first (a Cause's ``kind`` is one of these)
+PREFIX, LAYOUT, IN_CHANNELS, NUM_CLASSES, WIDTH, VARIANT = ("prefix", "layout", "in_channels", "num_classes",
+                                                           "channels", "variant")
+
+
 def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
              order: list[str] | None = None) -> list[Cause]:
-    """All causes, most fundamental first. ``order``: the model's key order (first/last layers)."""
+    """All causes at once, most fundamental first: a prefix, layouts, then each layer whose sizes
+    differ gets its own cause (input channels of the first layer, classes of the last, a width
+    elsewhere: pad/slice rules marked review); only what no rule can change (kernel sizes, ranks,
+    a layer of another kind) is called a different variant. ``order``: the model's key order."""
     causes: list[Cause] = []
     p = prefix_cause(ckpt, model)
     if p:
         causes.append(p)
+        strip, fix = next(iter(p.rules[0].items()))
+        if strip == "strip_prefix":
+            ckpt = {(n[len(fix):] if n.startswith(fix) else n): s for n, s in ckpt.items()}
+        else:
+            ckpt = {fix + n: s for n, s in ckpt.items()}
     mism = {n: (ckpt[n], model[n]) for n in ckpt if n in model and ckpt[n] is not None and model[n] is not None
             and ckpt[n] != model[n]}
     rest = {}
@@ -120,54 +133,69 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
             rest[n] = (a, b)
     if not rest:
         return causes
-    # read each mismatched layer on both sides
     by_layer: dict[str, list[str]] = {}
     for n in rest:
         by_layer.setdefault(L.layer_of(n), []).append(n)
     order = order or list(model)
     layer_order = list(dict.fromkeys(L.layer_of(n) for n in order))
-    diffs = {}
-    for layer, names in by_layer.items():
-        a = _layer(names[0], {n: ckpt.get(n) for n in ckpt})
-        b = _layer(names[0], {n: model.get(n) for n in model})
-        diffs[layer] = (a, b, L.differences(a, b), names)
-    kinds = {layer: {d.split(" ")[0] for d in ds} for layer, (_, _, ds, _) in diffs.items()}
+    first = layer_order[0] if layer_order else None
     last = layer_order[-1] if layer_order else None
-    if len(diffs) == 1:
-        layer, (a, b, ds, names) = next(iter(diffs.items()))
-        k = kinds[layer]
-        if k <= {"out_features", "out_channels", "num_embeddings"} and k:
-            dim = "out_features" if "out_features" in k else ("out_channels" if "out_channels" in k else "num_embeddings")
-            have, want = a.attrs[dim], b.attrs[dim]
-            kind = "num_classes" if layer == last and dim == "out_features" else "channels"
-            what = (f"a different number of classes ({have} -> {want}) in the last layer {layer}"
-                    if kind == "num_classes" else f"{layer or 'the layer'}: {'; '.join(ds)}")
-            what += ("; padding with zeros keeps the old outputs in the first "
-                     f"{have}" if want > have else f"; slicing keeps the first {want}")
-            causes.append(Cause(kind, what, [_resize_rule(layer, names, 0, have, want)], review=True, names=names))
-            return causes
-        if k == {"in_channels"} or k == {"in_features"}:
-            dim = "in_channels" if "in_channels" in k else "in_features"
-            have, want = a.attrs[dim], b.attrs[dim]
-            first = layer == (layer_order[0] if layer_order else layer)
-            msg = (f"a different number of input channels ({have} -> {want}) in the first layer {layer}" if first
-                   else f"{layer or 'the layer'}: {'; '.join(ds)}")
-            wnames = [n for n in names if L.split_key(n)[1] in ("weight", "kernel")]
-            causes.append(Cause("in_channels" if first else "channels", msg,
-                                [_resize_rule(layer, wnames or names, 1, have, want)], review=True, names=names))
-            return causes
-    # several layers, or kernel sizes: a different variant of the model
-    ks = [d for (_, _, ds, _) in diffs.values() for d in ds]
-    factors = {round(b.attrs.get(k, 0) / a.attrs[k], 3) for (a, b, ds, _) in diffs.values()
-               for k in ("out_channels", "out_features", "in_channels", "in_features")
-               if a.attrs.get(k) and b.attrs.get(k) and a.attrs[k] != b.attrs[k]}
-    why = "kernel sizes differ" if any(d.startswith("kernel_size") for d in ks) else \
-        (f"widths differ by a consistent factor ({', '.join(map(str, sorted(factors)))})" if len(factors) == 1
-         else "several layers differ")
-    causes.append(Cause("variant", f"{len(diffs)} layer(s) differ ({why}): this is a different model variant. "
-                        "No rule can make these weights compute the same thing; load the checkpoint into the "
-                        "variant it was trained as, or re-train/distil", fixable=False, names=sorted(rest)))
+    unfixable = []
+    for layer, names in by_layer.items():
+        c = _size_cause(layer, names, rest, ckpt, model, layer == first, layer == last)
+        if c.fixable:
+            causes.append(c)
+        else:
+            unfixable.append(c)
+    if unfixable:
+        names = sorted(n for c in unfixable for n in c.names)
+        what = "; ".join(c.message for c in unfixable[:3]) + ("; ..." if len(unfixable) > 3 else "")
+        causes.append(Cause(VARIANT, f"{len(unfixable)} layer(s) cannot be resized to fit ({what}): a different "
+                            "model variant there. No rule can make these weights compute the same thing; load the "
+                            "checkpoint into the variant it was trained as, or re-train/distil", fixable=False,
+                            names=names))
     return causes
+
+
+def _size_cause(layer: str, names: list[str], rest, ckpt, model, is_first: bool, is_last: bool) -> Cause:
+    """The cause of one layer's size differences, and the pad/slice rules (per tensor, per axis)."""
+    a = _layer(names[0], {n: ckpt.get(n) for n in ckpt})
+    b = _layer(names[0], {n: model.get(n) for n in model})
+    ds = L.differences(a, b)
+    attrs = {d.attr for d in ds}
+    where = layer or "the layer"
+    shapes_ok = all(len(rest[n][0]) == len(rest[n][1]) for n in names)
+    if not shapes_ok or "kernel_size" in attrs or "groups" in attrs:
+        why = "; ".join(map(str, ds)) or "; ".join(f"{n} {fmt_shape(rest[n][0])} vs {fmt_shape(rest[n][1])}"
+                                                   for n in names)
+        return Cause(VARIANT, f"{where}: {why}", fixable=False, names=sorted(names))
+    if attrs and attrs <= L.IN_ATTRS and is_first:
+        d = next(d for d in ds if d.attr in L.IN_ATTRS)
+        msg = f"a different number of input channels ({d.have} -> {d.want}) in the first layer {where}"
+        kind = IN_CHANNELS
+    elif attrs and attrs <= L.OUT_ATTRS and is_last and ("out_features" in attrs or "num_embeddings" in attrs):
+        d = next(d for d in ds if d.attr in L.OUT_ATTRS)
+        msg = f"a different number of classes ({d.have} -> {d.want}) in the last layer {where}"
+        kind = NUM_CLASSES
+    else:
+        msg = f"{where}: " + ("; ".join(map(str, ds)) if ds else
+                              "; ".join(f"{n} {fmt_shape(rest[n][0])} -> {fmt_shape(rest[n][1])}" for n in names))
+        kind = WIDTH
+    groups: dict[tuple[int, int, int], list[str]] = {}
+    for n in names:
+        have, want = rest[n]
+        for axis, (x, y) in enumerate(zip(have, want)):
+            if x != y:
+                groups.setdefault((axis, x, y), []).append(n)
+    rules = [_resize_rule(layer, ns, axis, x, y) for (axis, x, y), ns in groups.items()]
+    grows = any(y > x for _, x, y in groups)
+    shrinks = any(y < x for _, x, y in groups)
+    keep = []
+    if grows:
+        keep.append("padding with zeros keeps the old values; the new ones start at zero")
+    if shrinks:
+        keep.append("slicing keeps the first entries")
+    return Cause(kind, msg + ("; " + "; ".join(keep) if keep else ""), rules, review=True, names=sorted(names))
 
 
 def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int) -> dict:

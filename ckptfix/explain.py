@@ -100,9 +100,9 @@ def explain(text: str) -> dict:
             "model": list(m.model) if m.model is not None else None,
             "layer": {"checkpoint": a.describe() if a.attrs else None,
                       "model": b.describe() if b is not None and b.attrs else None,
-                      "checkpoint_params": a.params if a.attrs else None,
-                      "model_params": b.params if b is not None and b.attrs else None},
-            "differs": L.differences(a, b) if b is not None else [],
+                      "checkpoint_params": a.full_params if a.attrs else None,
+                      "model_params": b.full_params if b is not None and b.attrs else None},
+            "differs": [str(d) for d in L.differences(a, b)] if b is not None else [],
             "hint": next((c.message for c in causes if m.name in c.names), None),
         })
     return {"model_class": err.model_class, "mismatches": rows, "missing": err.missing,

@@ -130,6 +130,29 @@ TORCH.update({
 })
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
+# torch.nn constructor signatures (positional order), for layer specs like ``Conv2d(3, 15, 5)``,
+# and how many leading arguments are required
+_CONV_SIG = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias"]
+_CONVT_SIG = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding", "groups",
+              "bias", "dilation"]
+_RNN_SIG = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"]
+SIGNATURES: dict[str, list[str]] = {
+    **{f"Conv{n}d": _CONV_SIG for n in (1, 2, 3)},
+    **{f"ConvTranspose{n}d": _CONVT_SIG for n in (1, 2, 3)},
+    "Linear": ["in_features", "out_features", "bias"],
+    **{f"BatchNorm{n}d": ["num_features", "eps", "momentum", "affine", "track_running_stats"] for n in (1, 2, 3)},
+    "LayerNorm": ["normalized_shape", "eps", "elementwise_affine", "bias"],
+    "GroupNorm": ["num_groups", "num_channels", "eps", "affine"],
+    "PReLU": ["num_parameters", "init"],
+    "Embedding": ["num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                  "scale_grad_by_freq", "sparse"],
+    "LSTM": _RNN_SIG + ["proj_size"], "GRU": _RNN_SIG, "RNN": ["input_size", "hidden_size", "num_layers",
+                                                               "nonlinearity", "bias", "batch_first", "dropout",
+                                                               "bidirectional"],
+}
+REQUIRED_ARGS = {k: (0 if k == "PReLU" else 3 if k.startswith("Conv") else 2 if k in ("Linear", "Embedding", "GroupNorm")
+                     or k in RNN_GATES else 1) for k in SIGNATURES}
+
 
 def torch_attrs(module) -> dict:
     """The table's attributes of a live torch module (``{}`` for classes the table lacks)."""
@@ -487,22 +510,29 @@ def torch_readings(shapes: dict[str, Shape]) -> list[Unit]:
         return _torch_rnn(shapes)
     if w is None:
         return []
-    if {"running_mean", "running_var"} <= names or (len(w) == 1 and "running_mean" in names):
+    if {"running_mean", "running_var"} <= names:
+        bn = dict(same)
+        if "num_batches_tracked" not in names:  # saved before torch 0.4.1, or by another tool
+            bn["num_batches_tracked"] = Fill(0)
         return _consistent([Unit("BatchNorm2d", {"num_features": w[0], "affine": True,  # any BatchNorm{1,2,3}d
-                                                 "track_running_stats": "running_mean" in names}, same)], shapes)
+                                                 "track_running_stats": True}, bn)], shapes)
     if len(w) >= 3:
         n = len(w) - 2
         k = w[2:]
+        b = shapes.get("bias")
+        tg = b[0] // w[1] if b and w[1] and b[0] % w[1] == 0 and w[0] % (b[0] // w[1]) == 0 else 1  # bias: out
         cands = [Unit(f"Conv{n}d", {"in_channels": w[1], "out_channels": w[0], "kernel_size": k, "groups": 1,
                                     "bias": "bias" in names}, same),
-                 Unit(f"ConvTranspose{n}d", {"in_channels": w[0], "out_channels": w[1], "kernel_size": k,
-                                             "groups": 1, "bias": "bias" in names}, same)]
+                 Unit(f"ConvTranspose{n}d", {"in_channels": w[0], "out_channels": w[1] * tg, "kernel_size": k,
+                                             "groups": tg, "bias": "bias" in names}, same)]
         if n in _LETTERS and w[1] == 1 and w[0] > 1:  # depthwise: groups = C for any multiplier dividing out
             for c in range(1, w[0] + 1):
                 if w[0] % c == 0 and c > 1:
                     cands.append(Unit(f"Conv{n}d", {"in_channels": c, "out_channels": w[0], "kernel_size": k,
                                                     "groups": c, "bias": "bias" in names}, same))
         return _consistent(cands, shapes)
+    if len(w) >= 2 and shapes.get("bias") == w and len(names) == 2:
+        return _consistent([Unit("LayerNorm", {"normalized_shape": w}, same)], shapes)
     if len(w) == 2:
         return _consistent([Unit("Linear", {"in_features": w[1], "out_features": w[0], "bias": "bias" in names}, same),
                             Unit("Embedding", {"num_embeddings": w[0], "embedding_dim": w[1]}, same)], shapes)
@@ -543,7 +573,14 @@ def opaque(shapes: dict[str, Shape]) -> Unit:
 
 
 def _consistent(units: list[Unit], shapes: dict[str, Shape]) -> list[Unit]:
-    return [u for u in units if u.shapes() == shapes]
+    """The units whose stored tensors (not the ones they fill in) have exactly these shapes."""
+    out = []
+    for u in units:
+        want = u.shapes()
+        stored = {n: want.get(n) for n, c in u.tensors.items() if isinstance(c, Convert)}
+        if stored == shapes and set(u.tensors) == set(want):
+            out.append(u)
+    return out
 
 
 def params_of(kind: str, attrs: dict) -> int:

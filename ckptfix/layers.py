@@ -10,7 +10,10 @@ against real torch modules.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
+
+from . import layer_table as T
 
 from .tensors import TensorMeta
 
@@ -43,6 +46,19 @@ class Layer:
     def params(self) -> int:
         return sum(m.numel for n, m in self.tensors.items() if n not in self.buffers)
 
+    @property
+    def full_params(self) -> int:
+        """Parameters of the whole layer as torch builds it (the bias counted even when only the
+        weight is known, as in a pasted size-mismatch line); the stored count if the table has
+        no such torch layer."""
+        torch_kind = self.attrs.get("torch_kind", self.kind)
+        if torch_kind in T.TORCH and all(a in self.attrs for a in _REQUIRED.get(torch_kind, ())):
+            try:
+                return T.params_of(torch_kind, self.attrs)
+            except (KeyError, TypeError):
+                pass
+        return self.params
+
     def describe(self) -> str:
         a = self.attrs
         if not a:
@@ -51,9 +67,9 @@ class Layer:
         for key, label in _LABELS:
             if key in a and a[key] is not None:
                 v = a[key]
-                if key == "kernel_size":
+                if key in ("kernel_size", "normalized_shape"):
                     v = "x".join(str(k) for k in v)
-                if key == "groups" and v == 1:
+                if (key == "groups" and v == 1) or (key == "num_layers" and v == 1):
                     continue
                 parts.append(f"{label}={v}")
         return f"{self.kind}({', '.join(parts)})"
@@ -62,99 +78,119 @@ class Layer:
 _LABELS = [("in_channels", "in"), ("out_channels", "out"), ("kernel_size", "kernel"),
            ("groups", "groups"), ("multiplier", "multiplier"),
            ("in_features", "in"), ("out_features", "out"),
-           ("num_features", "features"), ("normalized_shape", "shape"),
-           ("num_embeddings", "num"), ("embedding_dim", "dim")]
+           ("num_features", "features"), ("num_channels", "channels"), ("num_groups", "groups"),
+           ("normalized_shape", "shape"), ("num_parameters", "params"),
+           ("num_embeddings", "num"), ("embedding_dim", "dim"),
+           ("input_size", "in"), ("hidden_size", "hidden"), ("num_layers", "layers")]
+_REQUIRED = {k: tuple(a for a in spec.attrs if a not in ("bias", "groups", "affine", "track_running_stats",
+                                                           "elementwise_affine", "num_layers", "bidirectional",
+                                                           "num_groups"))
+             for k, spec in T.TORCH.items()}
 
-# Attribute names as people say them when two layers differ ("out_channels 10 -> 15").
+# Attributes as people say them when two layers differ ("out_channels 10 -> 15").
 COMPARED = ["in_channels", "out_channels", "kernel_size", "groups", "in_features", "out_features",
-            "num_features", "normalized_shape", "num_embeddings", "embedding_dim"]
+            "num_features", "num_channels", "normalized_shape", "num_parameters", "num_embeddings",
+            "embedding_dim", "input_size", "hidden_size", "num_layers"]
+OUT_ATTRS = frozenset({"out_channels", "out_features", "num_features", "num_channels", "num_parameters",
+                       "num_embeddings", "hidden_size", "normalized_shape"})
+IN_ATTRS = frozenset({"in_channels", "in_features", "input_size", "embedding_dim"})
 
 
-def differences(a: Layer, b: Layer) -> list[str]:
+@dataclass(frozen=True)
+class Difference:
+    """One attribute that differs between two readings of a layer."""
+
+    attr: str
+    have: object
+    want: object
+
+    def __str__(self) -> str:
+        f = (lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+        return f"{self.attr} {f(self.have)} -> {f(self.want)}"
+
+
+def differences(a: Layer, b: Layer) -> list[Difference]:
     """What differs between two readings of the same layer, in layer terms."""
     out = []
     for k in COMPARED:
         va, vb = a.attrs.get(k), b.attrs.get(k)
         if va is not None and vb is not None and va != vb:
-            if k == "kernel_size":
-                va, vb = "x".join(map(str, va)), "x".join(map(str, vb))
-            out.append(f"{k} {va} -> {vb}")
+            out.append(Difference(k, va, vb))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading layers from tensor shapes
+# Reading layers from tensor shapes: the layer table's readings
 
 
-def _conv_attrs(kind: str, w: tuple[int, ...], groups: int = 1, transposed: bool = False) -> dict:
-    if transposed:
-        return {"in_channels": w[0], "out_channels": w[1] * groups, "kernel_size": tuple(w[2:]), "groups": groups}
-    return {"in_channels": w[1] * groups, "out_channels": w[0], "kernel_size": tuple(w[2:]), "groups": groups}
+_TORCH_VAR = re.compile(r"^(weight|bias|running_mean|running_var|num_batches_tracked|"
+                        r"(weight|bias)_(ih|hh)_l\d+(_reverse)?)$")
 
 
-def _tf_attrs(kind: str, k: tuple[int, ...]) -> dict:
-    if kind == "Dense":
-        return {"in_features": k[0], "out_features": k[1]}
-    if kind == "Conv2DTranspose":  # (kh, kw, out, in)
-        return {"in_channels": k[-1], "out_channels": k[-2], "kernel_size": tuple(k[:-2])}
-    return {"in_channels": k[-2], "out_channels": k[-1], "kernel_size": tuple(k[:-2])}
+def torch_named(names) -> bool:
+    """Whether a layer's variable names are torch's (weight, bias, running_mean, weight_ih_l0, ...)."""
+    return all(_TORCH_VAR.match(n) for n in names)
 
 
-_TF_CONV_BY_RANK = {3: "Conv1D", 4: "Conv2D", 5: "Conv3D"}
-_TORCH_CONV_BY_RANK = {3: "Conv1d", 4: "Conv2d", 5: "Conv3d"}
+def _attrs_of(units: list, keras_class: str | None) -> dict:
+    """One description of a reading (a SeparableConv2D's two units: its input, output, kernel)."""
+    first, last = units[0], units[-1]
+    a = {k: v for k, v in first.attrs.items() if k != "shapes"}
+    if first.rnn_layer is not None:
+        a["num_layers"] = len(units)
+    if keras_class and ("Depthwise" in keras_class or "Separable" in keras_class):
+        a["multiplier"] = first.attrs["out_channels"] // first.attrs["in_channels"]
+        a["out_channels"] = last.attrs["out_channels"]
+        a.pop("groups", None)
+    a["torch_kind"] = first.kind
+    return a
 
 
 def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = None,
                 attrs: dict | None = None) -> Layer:
-    """Read one layer from its tensors' names and shapes (``kind`` if the file names the class)."""
+    """Read one layer from its tensors' names and shapes (``kind`` if the file names the class),
+    through the layer table: the first reading it allows (a Keras kernel with no class and a bias
+    of its last axis reads as a Conv; the matcher, which knows the target, tries them all)."""
     layer = Layer(name=name, kind=kind or "?", tensors=dict(tensors))
     if attrs is not None:
         layer.attrs = dict(attrs)
         return layer
-    w = tensors.get("weight")
-    k = tensors.get("kernel") or (tensors.get("weights") if w is None else None)  # TF1 slim: weights
-    if "depthwise_kernel" in tensors:  # Keras DepthwiseConv2D / SeparableConv2D
-        d = tensors["depthwise_kernel"].shape
-        if len(d) == 4:
-            layer.kind = kind or ("SeparableConv2D" if "pointwise_kernel" in tensors else "DepthwiseConv2D")
-            layer.attrs = {"in_channels": d[2], "multiplier": d[3], "kernel_size": tuple(d[:2])}
-            if "pointwise_kernel" in tensors:
-                layer.attrs["out_channels"] = tensors["pointwise_kernel"].shape[-1]
-            else:
-                layer.attrs["out_channels"] = d[2] * d[3]
-    elif k is not None:  # Keras/TF naming
-        tf_kind = kind or ("Dense" if k.rank == 2 else _TF_CONV_BY_RANK.get(k.rank))
-        if tf_kind and k.rank in (2, 3, 4, 5):
-            layer.kind = tf_kind
-            layer.attrs = _tf_attrs(tf_kind, k.shape)
-    elif "gamma" in tensors or "moving_mean" in tensors:
-        c = (tensors.get("gamma") or tensors.get("moving_mean")).shape
-        layer.kind = kind or "BatchNormalization"
-        layer.attrs = {"num_features": c[0] if c else None}
-    elif w is not None:
-        if BATCHNORM_STATS & tensors.keys() and w.rank == 1:
-            layer.kind = kind or "BatchNorm"
-            layer.attrs = {"num_features": w.shape[0]}
-        elif kind and kind.startswith("ConvTranspose") and w.rank >= 3:
-            layer.attrs = _conv_attrs(kind, w.shape, transposed=True)
-        elif w.rank in _TORCH_CONV_BY_RANK:
-            layer.kind = kind or _TORCH_CONV_BY_RANK[w.rank]
-            layer.attrs = _conv_attrs(layer.kind, w.shape)
-        elif w.rank == 2:
-            if (kind or "").startswith("Embedding") or (kind is None and "emb" in name.lower() and "bias" not in tensors):
-                layer.kind = kind or "Embedding"
-                layer.attrs = {"num_embeddings": w.shape[0], "embedding_dim": w.shape[1]}
-            else:
-                layer.kind = kind or "Linear"
-                layer.attrs = {"in_features": w.shape[1], "out_features": w.shape[0]}
-        elif w.rank == 1:
-            layer.kind = kind or "Norm"
-            layer.attrs = {"num_features": w.shape[0]}
-    elif BATCHNORM_STATS & tensors.keys():
-        c = next(tensors[n].shape for n in BATCHNORM_STATS if n in tensors)
-        layer.kind = kind or "BatchNorm"
-        layer.attrs = {"num_features": c[0] if c else None}
+    shapes = {v: tuple(m.shape) for v, m in tensors.items()}
+    if not shapes:
+        return layer
+    if torch_named(shapes) and (kind is None or kind in T.TORCH):
+        units = T.torch_readings(shapes)
+        if kind is not None:
+            units = [u for u in units if u.kind == kind] or units
+        if kind is None and "emb" in name.lower():
+            units = [u for u in units if u.kind == "Embedding"] or units
+        if units:
+            rnn = [u for u in units if u.rnn_layer is not None and u.kind == units[0].kind]
+            chosen = rnn if rnn else [units[0]]
+            layer.kind = kind or chosen[0].kind
+            layer.attrs = _attrs_of(chosen, None)
+        else:
+            _partial(layer, shapes, kind)
+        return layer
+    readings = T.keras_readings(shapes, kind if kind in T.KERAS_BY_CLASS else None)
+    if readings:
+        form, _, units = readings[0]
+        layer.kind = kind or form.classes[0]
+        layer.attrs = _attrs_of(units, form.classes[0])
     return layer
+
+
+def _partial(layer: Layer, shapes: dict[str, tuple[int, ...]], kind: str | None) -> None:
+    """A layer only part of whose tensors are known (a pasted error names one tensor; a
+    BatchNorm without its biases): what its names and ranks say."""
+    w = shapes.get("weight")
+    stats = [shapes[n] for n in BATCHNORM_STATS if n in shapes]
+    if stats and (w is None or len(w) == 1):
+        layer.kind = kind or "BatchNorm"
+        layer.attrs = {"num_features": (w or stats[0])[0] if (w or stats[0]) else None}
+    elif w is not None and len(w) == 1:
+        layer.kind = kind or "Norm"
+        layer.attrs = {"num_features": w[0]}
 
 
 def group_layers(metas: dict[str, TensorMeta]) -> dict[str, dict[str, TensorMeta]]:
@@ -176,11 +212,15 @@ def layer_of(key: str) -> str:
     return split_key(key)[0]
 
 
+_MAIN_VARS = frozenset({"weight", "kernel", "weights", "depthwise_kernel", "depthwise_weights", "gamma", "alpha",
+                        "embeddings", "weight_ih_l0", "0"})
+
+
 def reads_as(key: str, layers: dict[str, Layer]) -> str:
     """How a weight reads as a layer, e.g. ``Conv2d(in=3, out=10, kernel=5x5)`` ('' for other tensors)."""
     layer, var = split_key(key)
     ly = layers.get(layer)
-    if var not in ("weight", "kernel", "weights", "depthwise_kernel", "gamma") or ly is None or not ly.attrs:
+    if var not in _MAIN_VARS or ly is None or not ly.attrs:
         return ""
     return ly.describe()
 
@@ -193,26 +233,11 @@ def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,) * n
 
 
-_CONV = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias"]
-_CONVT = ["in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding", "groups",
-          "bias", "dilation"]
-SIGNATURES: dict[str, list[str]] = {
-    **{f"Conv{n}d": _CONV for n in (1, 2, 3)},
-    **{f"ConvTranspose{n}d": _CONVT for n in (1, 2, 3)},
-    "Linear": ["in_features", "out_features", "bias"],
-    **{f"BatchNorm{n}d": ["num_features", "eps", "momentum", "affine", "track_running_stats"] for n in (1, 2, 3)},
-    "LayerNorm": ["normalized_shape", "eps", "elementwise_affine", "bias"],
-    "GroupNorm": ["num_groups", "num_channels", "eps", "affine"],
-    "Embedding": ["num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
-                  "scale_grad_by_freq", "sparse"],
-}
-
-
 def spec_layer(name: str, cls: str, args: list, kwargs: dict) -> Layer:
     """The Layer (with state-dict shapes) that ``torch.nn.<cls>(*args, **kwargs)`` would have."""
-    if cls not in SIGNATURES:
-        raise ValueError(f"unknown layer class {cls!r} (known: {', '.join(SIGNATURES)})")
-    sig = SIGNATURES[cls]
+    if cls not in T.SIGNATURES:
+        raise ValueError(f"unknown layer class {cls!r} (known: {', '.join(T.SIGNATURES)})")
+    sig = T.SIGNATURES[cls]
     if len(args) > len(sig):
         raise ValueError(f"{cls} takes at most {len(sig)} positional arguments")
     a = dict(zip(sig, args))
@@ -222,63 +247,44 @@ def spec_layer(name: str, cls: str, args: list, kwargs: dict) -> Layer:
         if k in a:
             raise ValueError(f"{cls} got {k!r} twice")
         a[k] = v
-    f32 = "float32"
-    t: dict[str, TensorMeta] = {}
-    if cls.startswith("Conv"):
-        n = int(cls[-2])
-        for req in ("in_channels", "out_channels", "kernel_size"):
-            if req not in a:
-                raise ValueError(f"{cls} needs {req}")
-        cin, cout, groups = a["in_channels"], a["out_channels"], a.get("groups", 1)
+    spec = T.TORCH[cls]
+    required = [x for x in spec.attrs if x in sig[:T.REQUIRED_ARGS[cls]]]
+    for req in required:
+        if req not in a:
+            raise ValueError(f"{cls} needs {req}")
+    if spec.spatial is not None:
+        n = spec.spatial
         ks = _tuple(a["kernel_size"], n)
         if len(ks) != n or not all(isinstance(k, int) and k > 0 for k in ks):
             raise ValueError(f"{cls}: kernel_size must be a positive int or {n} of them")
+        a["kernel_size"] = ks
+        groups = a.get("groups", 1)
         if not isinstance(groups, int) or groups < 1:
             raise ValueError(f"{cls}: groups must be a positive integer")
-        if cin % groups or cout % groups:
+        if a["in_channels"] % groups or a["out_channels"] % groups:
             raise ValueError(f"{cls}: in_channels and out_channels must be divisible by groups")
-        if cls.startswith("ConvTranspose"):
-            t["weight"] = TensorMeta((cin, cout // groups, *ks), f32)
-        else:
-            t["weight"] = TensorMeta((cout, cin // groups, *ks), f32)
-        if a.get("bias", True):
-            t["bias"] = TensorMeta((cout,), f32)
-        attrs = {"in_channels": cin, "out_channels": cout, "kernel_size": ks, "groups": groups}
-    elif cls == "Linear":
-        t["weight"] = TensorMeta((a["out_features"], a["in_features"]), f32)
-        if a.get("bias", True):
-            t["bias"] = TensorMeta((a["out_features"],), f32)
-        attrs = {"in_features": a["in_features"], "out_features": a["out_features"]}
-    elif cls.startswith("BatchNorm"):
-        c = a["num_features"]
-        if a.get("affine", True):
-            t["weight"] = TensorMeta((c,), f32)
-            t["bias"] = TensorMeta((c,), f32)
-        if a.get("track_running_stats", True):
-            t["running_mean"] = TensorMeta((c,), f32)
-            t["running_var"] = TensorMeta((c,), f32)
-            t["num_batches_tracked"] = TensorMeta((), "int64")
-        attrs = {"num_features": c, "eps": a.get("eps", 1e-5)}
-    elif cls == "LayerNorm":
-        shape = _tuple(a["normalized_shape"], 1)
-        if a.get("elementwise_affine", True):
-            t["weight"] = TensorMeta(shape, f32)
-            if a.get("bias", True):
-                t["bias"] = TensorMeta(shape, f32)
-        attrs = {"normalized_shape": shape, "eps": a.get("eps", 1e-5)}
-    elif cls == "GroupNorm":
-        c = a["num_channels"]
-        if a.get("affine", True):
-            t["weight"] = TensorMeta((c,), f32)
-            t["bias"] = TensorMeta((c,), f32)
-        attrs = {"num_features": c, "num_groups": a["num_groups"], "eps": a.get("eps", 1e-5)}
-    else:  # Embedding
-        t["weight"] = TensorMeta((a["num_embeddings"], a["embedding_dim"]), f32)
-        attrs = {"num_embeddings": a["num_embeddings"], "embedding_dim": a["embedding_dim"]}
-    for k, v in t.items():
-        if any((not isinstance(d, int)) or d < 0 for d in v.shape):
+    if cls == "LayerNorm":
+        a["normalized_shape"] = _tuple(a["normalized_shape"], 1)
+    if cls == "PReLU":
+        a.setdefault("num_parameters", 1)
+    for k, v in a.items():
+        if k in ("bias", "affine", "track_running_stats", "elementwise_affine", "bidirectional", "batch_first",
+                 "sparse", "scale_grad_by_freq") and not isinstance(v, bool):
+            raise ValueError(f"{cls}: {k} must be true or false")
+    try:
+        shapes = spec.shapes(a)
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{cls}: {e}") from None
+    dtypes_ = {n: ("int64" if n == "num_batches_tracked" else "float32") for n in shapes}
+    t = {}
+    for k, shape in shapes.items():
+        if any((not isinstance(d, int)) or isinstance(d, bool) or d < 0 for d in shape):
             raise ValueError(f"{cls}: sizes must be non-negative integers")
-    return Layer(name=name, kind=cls, attrs=attrs, tensors=t)
+        t[k] = TensorMeta(tuple(shape), dtypes_[k])
+    attrs = {k: v for k, v in a.items() if k in spec.attrs or k == "eps"}
+    if cls.startswith("BatchNorm") or cls in ("LayerNorm", "GroupNorm"):
+        attrs.setdefault("eps", 1e-5)
+    return Layer(name=name, kind=cls, attrs=attrs, tensors=t, buffers=spec.buffers)
 
 
 def module_attrs(module) -> dict:

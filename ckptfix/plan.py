@@ -13,6 +13,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from . import layer_table as T
 from . import layers as L
 from . import layouts
 from .errors import RulesError
@@ -439,14 +440,14 @@ def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: 
         diff = L.differences(ours, tl)
         parts.append(f"{ours.describe()} vs {tl.describe()}")
         if diff:
-            parts.append("; ".join(diff))
+            parts.append("; ".join(map(str, diff)))
         parts.append(f"{ours.params} vs {tl.params} params")
     if sorted(have.shape) == sorted(want.shape) and have.shape != want.shape:
         parts.append("same sizes in another order: a layout difference (transpose)?")
     return "; ".join(parts) if parts else f"{fmt_shape(have.shape)} vs {fmt_shape(want.shape)}"
 
 
-KERAS_BN_EPS = 1e-3
+KERAS_BN_EPS = T.KERAS_EPS["BatchNormalization"]
 
 
 def eps_warnings(p: "_Planner", target: Target, layer_configs: dict[str, dict]) -> list[str]:

@@ -108,7 +108,7 @@ def test_tensorflow_layout_cause():
     assert {"keys": "^fc\\.weight$", "layout": "IO->OI"} in rules
 
 
-def test_a_different_variant_is_not_fixable():
+def test_a_wider_variant_is_a_width_cause_per_layer():
     class Wide(nn.Module):
         def __init__(self, w):
             super().__init__()
@@ -116,10 +116,12 @@ def test_a_different_variant_is_not_fixable():
             self.conv2 = nn.Conv2d(16 * w, 32 * w, 3)
             self.fc = nn.Linear(32 * w, 10)
 
+    """A width multiplier (every layer twice as wide) is a width cause per layer, each fixable by
+    zero padding (marked review): zero-padded channels compute nothing, so the old outputs stay."""
     info = explain(error_of(Wide(2), Wide(1).state_dict()))
-    (c,) = info["causes"]
-    assert c["kind"] == "variant" and not c["fixable"] and "different model variant" in c["message"]
-    assert info["rules_yaml"] == ""
+    assert [c["kind"] for c in info["causes"]] == ["channels"] * 3
+    assert all(c["fixable"] and c["review"] for c in info["causes"])
+    assert "different model variant" not in info["rules_yaml"] and info["rules_yaml"].count("- pad:") == 4
 
 
 def test_kernel_size_variant():

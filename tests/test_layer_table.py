@@ -85,8 +85,8 @@ def test_the_keras_to_torch_preset_agrees_with_the_table():
             for c in t.get("classes", []):
                 by_class.setdefault(c, set()).add((t["keys"], t["layout"]))
     for form in T.KERAS:
-        for units in (form.units(_example(form), {}) or []):
-            pass
+        if form.classes[0] in T.RNN_CLASSES:
+            continue  # per-layer rules (gate order, split biases): suggest writes them, the preset says so
         sample = form.units(_example(form), {})
         if sample is None:
             continue
