@@ -142,7 +142,9 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     last = layer_order[-1] if layer_order else None
     unfixable = []
     for layer, names in by_layer.items():
-        c = _size_cause(layer, names, rest, ckpt, model, layer == first, layer == last)
+        have = {n: ckpt[n] for n in ckpt if L.layer_of(n) == layer and ckpt[n] is not None}
+        want = {n: model[n] for n in model if L.layer_of(n) == layer and model[n] is not None}
+        c = size_cause(layer, have, want, layer == first, layer == last)
         if c.fixable:
             causes.append(c)
         else:
@@ -157,10 +159,14 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     return causes
 
 
-def _size_cause(layer: str, names: list[str], rest, ckpt, model, is_first: bool, is_last: bool) -> Cause:
-    """The cause of one layer's size differences, and the pad/slice rules (per tensor, per axis)."""
-    a = _layer(names[0], {n: ckpt.get(n) for n in ckpt})
-    b = _layer(names[0], {n: model.get(n) for n in model})
+def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_first: bool, is_last: bool) -> Cause:
+    """The cause of one layer's size differences (``have``/``want``: its tensors' shapes in the
+    checkpoint, after any layout rules, and in the model), with the pad/slice rules that fix it:
+    one per axis and size change, over every tensor it applies to."""
+    names = [n for n in have if n in want and have[n] != want[n]]
+    rest = {n: (have[n], want[n]) for n in names}
+    a = _layer(names[0], dict(have))
+    b = _layer(names[0], dict(want))
     ds = L.differences(a, b)
     attrs = {d.attr for d in ds}
     where = layer or "the layer"

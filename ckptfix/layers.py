@@ -41,6 +41,7 @@ class Layer:
     attrs: dict = field(default_factory=dict)
     tensors: dict[str, TensorMeta] = field(default_factory=dict)  # local name -> meta
     buffers: frozenset[str] = BUFFER_NAMES
+    torch_kind: str | None = None  # the torch class a Keras reading becomes (Conv2d for a DepthwiseConv2D)
 
     @property
     def params(self) -> int:
@@ -51,7 +52,7 @@ class Layer:
         """Parameters of the whole layer as torch builds it (the bias counted even when only the
         weight is known, as in a pasted size-mismatch line); the stored count if the table has
         no such torch layer."""
-        torch_kind = self.attrs.get("torch_kind", self.kind)
+        torch_kind = self.torch_kind or self.kind
         if torch_kind in T.TORCH and all(a in self.attrs for a in _REQUIRED.get(torch_kind, ())):
             try:
                 return T.params_of(torch_kind, self.attrs)
@@ -135,14 +136,13 @@ def torch_named(names) -> bool:
 def _attrs_of(units: list, keras_class: str | None) -> dict:
     """One description of a reading (a SeparableConv2D's two units: its input, output, kernel)."""
     first, last = units[0], units[-1]
-    a = {k: v for k, v in first.attrs.items() if k != "shapes"}
+    a = {k: v for k, v in first.attrs.items() if k not in ("shapes", "bias")}
     if first.rnn_layer is not None:
         a["num_layers"] = len(units)
     if keras_class and ("Depthwise" in keras_class or "Separable" in keras_class):
         a["multiplier"] = first.attrs["out_channels"] // first.attrs["in_channels"]
         a["out_channels"] = last.attrs["out_channels"]
         a.pop("groups", None)
-    a["torch_kind"] = first.kind
     return a
 
 
@@ -169,6 +169,7 @@ def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = No
             chosen = rnn if rnn else [units[0]]
             layer.kind = kind or chosen[0].kind
             layer.attrs = _attrs_of(chosen, None)
+            layer.torch_kind = chosen[0].kind
         else:
             _partial(layer, shapes, kind)
         return layer
@@ -177,6 +178,7 @@ def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = No
         form, _, units = readings[0]
         layer.kind = kind or form.classes[0]
         layer.attrs = _attrs_of(units, form.classes[0])
+        layer.torch_kind = units[0].kind
     return layer
 
 

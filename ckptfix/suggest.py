@@ -45,6 +45,11 @@ class Suggestion:
         return self.plan.fit is not None and self.plan.fit.fits and not self.problems
 
 
+HOW = {"near": "the same layer with other sizes (see the review rules)", "in order": "in execution order",
+       "by the graph": "by the graph (which layer reads which)", "in name order": "in natural name order",
+       "out of order": "out of order (the checkpoint's order differs here)"}
+
+
 @dataclass
 class _Item:
     op: str
@@ -149,7 +154,7 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
     fills: list[tuple[str, T.Fill, str]] = []
     for p in m.pairs:
         if p.how != "same names":
-            why.setdefault(p.how, []).append(f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what})")
+            why.setdefault(HOW.get(p.how, p.how), []).append(f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what})")
         for u, t in zip(p.reading.units, p.targets):
             for local, conv in u.tensors.items():
                 canon = re.sub(rf"_l{u.rnn_layer}(?=$|_)", "_l0", local) if u.rnn_layer is not None else local
@@ -278,49 +283,32 @@ def _fill_rules(fills: list[tuple[str, T.Fill, str]], target: Target, rules: _Ru
 
 
 def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None:
-    last = m.pairs[-1].targets[-1].index if m.pairs else None
+    """Pairs whose sizes differ (diagnose.size_cause: the same reading diff and explain give),
+    target layers nothing fills, source tensors nothing takes."""
+    last = max((p.targets[-1].index for p in m.pairs), default=None)
     first = min((p.targets[0].index for p in m.pairs), default=None)
     for p in m.pairs:
         if p.how != "near":
             continue
         t = p.targets[0]
-        for key, got, want in p.differs:
-            for axis, (a, b) in enumerate(zip(got, want)):
-                if a == b:
-                    continue
-                cause = _cause(t, axis, a, b, first, last)
-                if cause is None:
-                    rules.problems.append(f"{t.module}: {key} {fmt_shape(got)} vs {fmt_shape(want)}: kernel sizes "
-                                          "differ; no rule makes these weights compute the same thing")
-                    break
-                body = ({"keys": _anchored([key]), "axis": axis, "size": b, "fill": "zeros"} if b > a else
-                        {"keys": _anchored([key]), "axis": axis, "stop": b})
-                keep = (f"padding with zeros keeps the old {a} and adds {b - a}" if b > a else
-                        f"slicing keeps the first {b} of {a}")
-                rules.add("pad" if b > a else "slice", body, f"review: {cause}: {key} axis {axis} {a} -> {b}; {keep}")
+        have = {k: got for k, got, _ in p.differs}
+        want = {k: w for k, _, w in p.differs}
+        for v, k in t.keys.items():  # the layer's other tensors, for reading it
+            have.setdefault(k, t.shapes[v])
+            want.setdefault(k, t.shapes[v])
+        cause = D.size_cause(t.module, have, want, t.index == first, t.index == last)
+        if not cause.fixable:
+            rules.problems.append(f"{cause.message}: no rule makes these weights compute the same thing")
+            continue
+        for r in cause.rules:
+            op, body = next(iter(r.items()))
+            rules.add(op, body, f"review: {cause.message}")
     for t in m.missing:
         rules.problems.append(f"{t.module}: the target's {t.kind} has no counterpart in the checkpoint "
                               f"({_short(t.keys.values())})")
     if m.unplaced:
         rules.add("drop", {"keys": _anchored(m.unplaced)},
                   f"review: the target has no place for {len(m.unplaced)} tensor(s): {_short(m.unplaced)}")
-
-
-def _cause(t, axis: int, a: int, b: int, first, last) -> str | None:
-    kind = t.kind
-    if kind.startswith("Conv") or kind == "Linear":
-        in_axis = 0 if kind.startswith("ConvTranspose") else 1
-        if axis >= 2:
-            return None
-        if axis == in_axis:
-            return (f"input channels {a} -> {b} in the first layer {t.module}" if t.index == first
-                    else f"{t.module}: input width {a} -> {b}")
-        if kind == "Linear" and t.index == last:
-            return f"classes {a} -> {b} in the last layer {t.module}"
-        return f"{t.module}: width {a} -> {b}"
-    if axis == 0:
-        return f"{t.module}: width {a} -> {b}"
-    return None
 
 
 def _render(rules: _Rules, target_spec: str | None, source: str) -> str:

@@ -79,3 +79,30 @@ class Conv1DSeq(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).mean(dim=2))
+
+
+class TimmLike(nn.Module):
+    """A timm-style classifier: ``in_chans`` and ``num_classes`` change only the first conv and the
+    head (module names as timm writes them)."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class RenamedTimmLike(nn.Module):
+    """The same network as TimmLike(3, 10), its modules named otherwise (features.*, classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))

@@ -151,3 +151,21 @@ def test_cli_reads_stdin_and_files(cli, tmp_path):
 def test_diagnose_on_metadata_directly():
     causes = diagnose({"module.a.weight": (2, 3)}, {"a.weight": (2, 3)})
     assert causes[0].rules == [{"strip_prefix": "module."}]
+
+
+def test_a_linear_counts_its_bias_when_only_the_weight_is_pasted():
+    """The paste names fc.weight alone; torch's Linear(256, 360) holds 256*360 + 360 = 92,520
+    parameters (what diff counts), not 92,160."""
+    text = ("size mismatch for fc.weight: copying a param with shape torch.Size([360, 256]) from checkpoint, "
+            "the shape in current model is torch.Size([10, 256]).")
+    (row,) = explain(text)["mismatches"]
+    assert row["layer"]["checkpoint"] == "Linear(in=256, out=360)"
+    assert row["layer"]["checkpoint_params"] == 92_520 and row["layer"]["model_params"] == 2_570
+
+
+def test_one_layer_difference_is_named_once():
+    """Was '1 layer(s) differ (several layers differ)'."""
+    text = ("size mismatch for conv.weight: copying a param with shape torch.Size([10, 3, 5, 5]) from checkpoint, "
+            "the shape in current model is torch.Size([10, 3, 3, 3]).")
+    (c,) = explain(text)["causes"]
+    assert c["kind"] == "variant" and "several" not in c["message"] and "kernel_size 5x5 -> 3x3" in c["message"]

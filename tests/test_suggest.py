@@ -86,3 +86,37 @@ def test_cannot_fit_a_different_variant(cli, tmp_path):
     assert r.exit_code == 1
     assert "does not fit" in r.stdout and "kernel_size 5x5 -> 3x3" in r.stdout
     assert "cannot fix" in rules.read_text()
+
+
+def test_timm_style_in_chans_classes_renames_and_extras_at_once(cli, tmp_path):
+    """An RGB 10-class checkpoint with other module names and two training-only tensors, into the
+    same net with in_chans=1, num_classes=5: every cause found at once, one rules file that fits,
+    the value-changing rules (slice input channels, slice classes, drop extras) marked review."""
+    gen = torch.Generator().manual_seed(11)
+    src = nets.RenamedTimmLike()
+    with torch.no_grad():
+        for p in src.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        src.features[1].running_var.copy_(torch.rand(8, generator=gen) + 0.5)
+    sd = {**src.state_dict(), "ema.decay": torch.tensor(0.999), "teacher.proj.weight": torch.ones(4, 4)}
+    ckpt = tmp_path / "rgb10.pt"
+    torch.save(sd, ckpt)
+    rules, out = tmp_path / "r.yaml", tmp_path / "out.safetensors"
+    r = cli("suggest", ckpt, "--target", f"{NETS}:TimmLike", "--target-kwargs", "{in_chans: 1, num_classes: 5}",
+            "-o", rules)
+    assert r.exit_code == 0, r.stdout[-3000:]
+    text = rules.read_text()
+    review = [ln for ln in text.splitlines() if ln.strip().startswith("# review:")]
+    assert any("input channels (3 -> 1)" in ln for ln in review), text
+    assert any("classes (10 -> 5)" in ln for ln in review), text
+    assert any("no place for 2 tensor(s)" in ln for ln in review), text
+    assert "different model variant" not in text
+    assert cli("apply", ckpt, "-r", rules, "-o", out).exit_code == 0
+    model = nets.TimmLike(1, 5)
+    model.load_state_dict(load_file(out), strict=True)
+    # what the review rules did: the first input channel and the first five classes, the rest as is
+    got = load_file(out)
+    assert torch.equal(got["stem.0.weight"], sd["features.0.weight"][:, :1])
+    assert torch.equal(got["head.weight"], sd["classifier.weight"][:5])
+    assert torch.equal(got["blocks.0.weight"], sd["features.3.weight"])
+    assert torch.equal(got["stem.1.running_var"], sd["features.1.running_var"])

@@ -498,9 +498,11 @@ rules:
         np.testing.assert_allclose(got, ref, atol=ATOL, rtol=0, err_msg=name)
 
 
-def test_keras_to_torch_preset_needs_layer_classes_for_depthwise(cli, tmp_path):
-    """Without layer_classes an .npz DepthwiseConv2D kernel is read as a Conv2D kernel (rank 4): it then
-    gets Conv2D's layout, which a groups=C Conv2d cannot load."""
+def test_keras_to_torch_preset_reads_depthwise_from_the_bias(cli, tmp_path):
+    """Without layer_classes an .npz kernel (3, 3, C, M) is read from its shapes (layer_table):
+    with a bias of C*M it can only be a DepthwiseConv2D, so it gets the depthwise layout and loads
+    into a groups=C Conv2d; without a bias it is read as a Conv2D (rank 4), and a groups=C Conv2d
+    cannot load it: declare the class (layer_classes) or let suggest read it against the target."""
     rng = np.random.default_rng(70)
     c, m = 3, 2
     src = tmp_path / "w.npz"
@@ -509,6 +511,15 @@ def test_keras_to_torch_preset_needs_layer_classes_for_depthwise(cli, tmp_path):
     r = cli("apply", src, "-r", "keras-to-torch", "-o", out)
     assert r.exit_code == 0, r.stderr
     state = load_file(out)
+    assert tuple(state["dw.weight"].shape) == (c * m, 1, 3, 3)
+    Wrap(dw=nn.Conv2d(c, c * m, 3, groups=c)).load_state_dict(state, strict=True)
+    src2 = tmp_path / "nobias.npz"
+    np.savez(src2, **{"dw/kernel": rand(rng, 3, 3, c, m)})
+    out2 = tmp_path / "out2.safetensors"
+    assert cli("apply", src2, "-r", "keras-to-torch", "-o", out2).exit_code == 0
+    state = load_file(out2)
     assert tuple(state["dw.weight"].shape) == (m, c, 3, 3)  # Conv2D's OIHW, not (C*M, 1, kh, kw)
     with pytest.raises(RuntimeError, match="size mismatch"):
-        Wrap(dw=nn.Conv2d(c, c * m, 3, groups=c)).load_state_dict(state, strict=True)
+        Wrap(dw=nn.Conv2d(c, c * m, 3, groups=c, bias=False)).load_state_dict(state, strict=True)
+
+
