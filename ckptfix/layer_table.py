@@ -425,10 +425,15 @@ RNN_CELL_VARIABLES = ("kernel", "recurrent_kernel", "bias")
 RNN_CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 
 
+# Keras classes with weights but no torch layer here: their variable names, for naming files' ``vars/<i>``
+KERAS_ONLY_VARIABLES = {"EinsumDense": ("kernel", "bias"), "RMSNormalization": ("scale",),
+                        "Normalization": ("mean", "variance", "count")}
+
+
 def variable_names(cls: str | None) -> tuple[str, ...] | None:
     """A Keras class's variable names in save order (None if the table does not know it)."""
     k = KERAS_BY_CLASS.get(cls or "")
-    return k.variables if k is not None else None
+    return k.variables if k is not None else KERAS_ONLY_VARIABLES.get(cls or "")
 
 
 _VARIABLES = frozenset(v for k in KERAS for v in k.variables)

@@ -37,6 +37,7 @@ from . import zipmember
 from .detect import HDF5_MAGIC
 from .fileio import ZIP_MEMBER_ERRORS
 from ..limits import MAX_DEPTH, MAX_JSON_MEMBER, depth_exceeds
+from .. import layer_table as T
 from ..tensors import TensorMeta
 from .base import NumpyReader
 from .fileset import FileSet
@@ -69,21 +70,6 @@ _SNAKE_TO_CLASS = {
 }
 
 _KERNEL_BIAS = ("kernel", "bias")
-_VAR_NAMES: dict[str, tuple[str, ...]] = {
-    "Dense": _KERNEL_BIAS, "EinsumDense": _KERNEL_BIAS,
-    "Conv1D": _KERNEL_BIAS, "Conv2D": _KERNEL_BIAS, "Conv3D": _KERNEL_BIAS,
-    "Conv1DTranspose": _KERNEL_BIAS, "Conv2DTranspose": _KERNEL_BIAS,
-    "Conv3DTranspose": _KERNEL_BIAS,
-    "DepthwiseConv1D": _KERNEL_BIAS, "DepthwiseConv2D": _KERNEL_BIAS,
-    "SeparableConv1D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "SeparableConv2D": ("depthwise_kernel", "pointwise_kernel", "bias"),
-    "BatchNormalization": ("gamma", "beta", "moving_mean", "moving_variance"),
-    "LayerNormalization": ("gamma", "beta"), "GroupNormalization": ("gamma", "beta"),
-    "RMSNormalization": ("scale",),
-    "Embedding": ("embeddings",), "PReLU": ("alpha",),
-    "Normalization": ("mean", "variance", "count"),
-    "_RNNCell": ("kernel", "recurrent_kernel", "bias"),
-}
 CONV_CLASSES = {"Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
                 "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
                 "SeparableConv2D", "Convolution1D", "Convolution2D", "Convolution3D"}
@@ -112,7 +98,7 @@ def variable_names(cls: str | None, n: int, config: dict | None = None,
     """Names of a Keras layer's ``n`` variables (in save order); indices where unknown."""
     names: tuple[str, ...] | None = None
     if cls == "BatchNormalization" or cls in ("LayerNormalization", "GroupNormalization"):
-        full = list(_VAR_NAMES[cls])
+        full = list(T.variable_names(cls))
         cfg = config or {}
         if cfg.get("scale", True) is False:
             full.remove("gamma")
@@ -122,12 +108,12 @@ def variable_names(cls: str | None, n: int, config: dict | None = None,
             names = None  # gamma or beta missing: ambiguous without the config
         else:
             names = tuple(full)
-    elif cls in _VAR_NAMES:
-        names = _VAR_NAMES[cls]
+    elif T.variable_names(cls) is not None:
+        names = T.variable_names(cls)
     elif attr is not None and attr.endswith("_dense"):
         names = _KERNEL_BIAS  # MultiHeadAttention's EinsumDense sub-layers
     elif attr == "cell":
-        names = _VAR_NAMES["_RNNCell"]
+        names = T.RNN_CELL_VARIABLES
     out = []
     for i in range(n):
         out.append(names[i] if names is not None and i < len(names) else str(i))
