@@ -273,19 +273,25 @@ def _inbound(e: dict) -> tuple[str | None, tuple | None]:
     return None, None
 
 
-def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
-    """Dense layers fed by a Flatten, with the order Keras flattened in (a Permute before the
-    Flatten changes it). Nested models' layers are named ``outer/inner``."""
-    out: dict[str, KerasFlatten] = {}
-    entries = _entries(config)
-    by_name = {_name(e): e for e in entries}
-    prev: dict[str, str | None] = {}
+def _previous(entries: list[dict]) -> dict[str | None, str | None]:
+    """Layer -> the layer whose output it reads: its first inbound layer, or (Sequential) the one before."""
+    prev: dict[str | None, str | None] = {}
     last = None
     for e in entries:
         n = _name(e)
         src, _ = _inbound(e)
         prev[n] = src if src is not None else last
         last = n
+    return prev
+
+
+def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
+    """Dense layers fed by a Flatten, with the order Keras flattened in (a Permute before the
+    Flatten changes it). Nested models' layers are named ``outer/inner``."""
+    out: dict[str, KerasFlatten] = {}
+    entries = _entries(config)
+    by_name = {_name(e): e for e in entries}
+    prev = _previous(entries)
     for e in entries:
         n = _name(e)
         if e.get("class_name") in ("Functional", "Sequential", "Model"):
@@ -324,13 +330,7 @@ def keras_feeds(config, weighted, prefix: str = "") -> dict[str, str]:
     """Layer -> the nearest layer with weights upstream of it (first inputs), from the config's
     graph (Sequential: the layer before). ``weighted(name)``: whether a layer holds weights."""
     entries = _entries(config)
-    prev: dict[str, str | None] = {}
-    last = None
-    for e in entries:
-        n = _name(e)
-        src, _ = _inbound(e)
-        prev[n] = src if src is not None else last
-        last = n
+    prev = _previous(entries)
     out = {}
     for e in entries:
         n = _name(e)
