@@ -123,6 +123,52 @@ def source_layers(metas: dict[str, TensorMeta], classes: dict[str, str], configs
     return out, ordered
 
 
+_UNNAMED = re.compile(r"^(arr_)?\d+$")
+
+
+def segment_unnamed(metas: dict[str, TensorMeta], tunits: list["TargetUnit"]) -> dict[str, str] | None:
+    """Arrays with no names (``numpy.savez(*model.get_weights())``: ``arr_0``, ``arr_1``, ...) cut into
+    layers by what the target's layers are, in order: the k arrays from position i are one layer if
+    some reading of them (variables by save order) gives the next target layer(s) exactly. Returns
+    {array key: "layer<N>/<index in layer>"}, or None if no cut consumes every array and layer."""
+    keys = sorted(metas, key=natural_key)
+    if not keys or not all(_UNNAMED.match(k) for k in keys):
+        return None
+    shapes = [tuple(metas[k].shape) for k in keys]
+    memo: dict[tuple[int, int], list | None] = {}
+
+    def cut(i: int, u: int):
+        if (i, u) in memo:
+            return memo[(i, u)]
+        memo[(i, u)] = None
+        if i == len(keys) and u == len(tunits):
+            memo[(i, u)] = []
+            return []
+        for k in range(1, 5):
+            if i + k > len(keys):
+                break
+            local = {str(j): shapes[i + j] for j in range(k)}
+            for _form, _naming, units in T.keras_readings(local, None):
+                n = len(units)
+                ts = tunits[u:u + n]
+                if len(ts) == n and all(compatible(x, t) for x, t in zip(units, ts)):
+                    rest = cut(i + k, u + n)
+                    if rest is not None:
+                        memo[(i, u)] = [k, *rest]
+                        return memo[(i, u)]
+        return None
+
+    sizes = cut(0, 0)
+    if sizes is None:
+        return None
+    out, i = {}, 0
+    for n, k in enumerate(sizes):
+        for j in range(k):
+            out[keys[i + j]] = f"layer{n}/{j}"
+        i += k
+    return out
+
+
 def readings(src: SourceLayer) -> list[Reading]:
     out = []
     if src.torch_style and src.cls is None:
@@ -186,8 +232,15 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
     """``feeds``: (target layer -> the layer it reads, source layer -> the layer it reads), from the
     traced graph and the source's config: among equally good candidates, the one read from where
     the target layer reads is taken (two BatchNorms of the same size after parallel convs)."""
-    srcs, ordered = source_layers(metas, classes or {}, configs or {})
     tunits = target_units(target, order)
+    cut = segment_unnamed(metas, tunits)
+    if cut is not None:  # unnamed arrays: read under the layer they were cut into, keys kept
+        srcs, ordered = source_layers({cut[k]: m for k, m in metas.items()}, {}, {})
+        back = {v: k for k, v in cut.items()}
+        for s in srcs:
+            s.keys = {v: back[k] for v, k in s.keys.items()}
+    else:
+        srcs, ordered = source_layers(metas, classes or {}, configs or {})
     pairs: list[Pair] = []
     taken_keys: set[str] = set()
     # 1. same names and shapes

@@ -143,3 +143,24 @@ def test_input_shape_fixes_a_non_square_map(cli, tmp_path):
     twin_cases = dict((t, (i, o)) for t, i, o in zoo_twins.ZOO["vgg"])
     got = zoo_twins.run_twin(model, x, *twin_cases["VGGTwin"])
     assert_outputs_close(got[0], torch.from_numpy(ys[0]))
+
+
+@pytest.mark.parametrize("arch,twin", [("mobilenet", "MobileNetSeparable"), ("prelu", "PReLUNetTwin"),
+                                       ("conv3d", "Conv3DTwin"), ("rnn", "RNNTwin")])
+def test_unnamed_arrays_are_cut_into_layers_by_the_target(cli, tmp_path, arch, twin):
+    """`numpy.savez(path, *model.get_weights())` (arr_0, arr_1, ...: no names, no classes): the
+    arrays are cut into layers by what the target's layers are, in order, and convert as the
+    named file does. Made here from the zoo's named npz, in Keras' weight order."""
+    named = np.load(ZOO_DIR / f"{arch}.npz")
+    src = tmp_path / "weights.npz"
+    np.savez(src, *[named[k] for k in named.files])
+    rules, out = tmp_path / "rules.yaml", tmp_path / "out.safetensors"
+    r = cli("suggest", src, "--target", f"{TWINS}:{twin}", "-o", rules)
+    assert r.exit_code == 0, r.stdout[-3000:]
+    assert cli("apply", src, "-r", rules, "-o", out).exit_code == 0
+    model = getattr(zoo_twins, twin)()
+    model.load_state_dict(load_file(out), strict=True)
+    x, ys = keras_outputs(arch)
+    _, in_perm, out_perm = next(t for t in zoo_twins.ZOO[arch] if t[0] == twin)
+    for g, y in zip(zoo_twins.run_twin(model, x, in_perm, out_perm), ys):
+        assert_outputs_close(g, torch.from_numpy(y))
