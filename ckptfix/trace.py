@@ -265,7 +265,7 @@ def _inbound(e: dict) -> tuple[str | None, tuple | None]:
         if isinstance(t, dict) and isinstance(t.get("config"), dict):
             hist = t["config"].get("keras_history")
             shape = t["config"].get("shape")
-            return (hist[0] if isinstance(hist, list) and hist else None,
+            return (hist[0] if isinstance(hist, list) and hist and isinstance(hist[0], str) else None,
                     tuple(shape) if isinstance(shape, list) else None)
         return None, None
     if isinstance(node, list) and node and isinstance(node[0], list) and node[0]:  # legacy [[name, 0, 0, {}]]
