@@ -418,6 +418,9 @@ KERAS += [
     KerasLayer(("SimpleRNN",), ("kernel", "recurrent_kernel", "bias"), frozenset({"bias"}), _keras_rnn("RNN")),
 ]
 KERAS_BY_CLASS: dict[str, KerasLayer] = {c: k for k in KERAS for c in k.classes}
+KERAS_CONV_CLASSES = frozenset(c for c in KERAS_BY_CLASS if "Conv" in c)  # padding facts apply to these
+# tensors that are statistics, not parameters: torch's buffers and Keras' moving statistics
+BUFFERS = frozenset(b for spec in TORCH.values() for b in spec.buffers) | {"moving_mean", "moving_variance"}
 # Keras' BatchNormalization / LayerNormalization / GroupNormalization default epsilon
 KERAS_EPS = {"BatchNormalization": 1e-3, "LayerNormalization": 1e-3, "GroupNormalization": 1e-3}
 # the variables of the cell of an RNN layer (Keras 3 stores them under ``<layer>/cell``)

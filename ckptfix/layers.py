@@ -1,10 +1,11 @@
-"""Layer knowledge, in one place: which tensor shapes make which layer, how many parameters a
-layer holds, how to describe it ("Conv2d(in=3, out=10, kernel=5x5)"), and the state-dict shapes of
-the torch.nn layers a YAML layer spec may name.
+"""Layers as the tools show them: tensor names grouped into layers, each read through the layer
+table (``layer_table``: the one place for layer facts), described ("Conv2d(in=3, out=10,
+kernel=5x5)"), counted and compared (typed ``Difference``), and the state-dict shapes of the
+torch.nn layers a YAML layer spec may name.
 
-Used by inspect, diff, targets, the planner's parameter checks (and explain/suggest).
-No torch import here: shapes are computed from constructor arguments, and a test checks them
-against real torch modules.
+Used by inspect, diff, explain, targets and the planner's parameter checks. No torch import
+here: shapes come from constructor arguments (tests/test_layer_table.py checks them against
+torch.nn).
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import re
 from dataclasses import dataclass, field
 
 from . import layer_table as T
-
 from .tensors import TensorMeta
 
-BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked",
-                          "moving_mean", "moving_variance"})
+BUFFER_NAMES = T.BUFFERS
 BATCHNORM_STATS = frozenset({"running_mean", "running_var", "moving_mean", "moving_variance"})
 
 

@@ -70,9 +70,7 @@ _SNAKE_TO_CLASS = {
 }
 
 _KERNEL_BIAS = ("kernel", "bias")
-CONV_CLASSES = {"Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
-                "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-                "SeparableConv2D", "Convolution1D", "Convolution2D", "Convolution3D"}
+CONV_CLASSES = T.KERAS_CONV_CLASSES
 _MODEL_CLASSES = {"Functional", "Sequential", "Model"}
 
 
