@@ -248,8 +248,9 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
                 check_output(inputs_of(ckpt, None, [*tgt.files, *extra_files]), Path(out), force, r)
             config = r.extras().get("keras_config") or extra
             classes, configs = r.layer_classes(), r.layer_configs()
-            if extra is not None and not classes:
-                classes, configs = api.config_layers(extra)
+            if extra is not None:  # the file's own facts first, the given config's for the rest
+                more_classes, more_configs = api.config_layers(extra)
+                classes, configs = {**more_classes, **classes}, {**more_configs, **configs}
             sug = run_suggest(r.metas(), tgt, classes=classes, configs=configs,
                               keras_config=config, source_format=r.format,
                               input_shape=_input_shape(input_shape),

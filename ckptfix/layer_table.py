@@ -53,7 +53,7 @@ class TorchLayer:
 
 def _conv(n: int, transposed: bool):
     def params(a: dict) -> dict[str, Shape]:
-        cin, cout, g, k = a["in_channels"], a["out_channels"], a.get("groups", 1), tuple(a["kernel_size"])
+        cin, cout, g, k = a["in_channels"], a["out_channels"], a.get("groups") or 1, tuple(a["kernel_size"])
         w = (cin, cout // g, *k) if transposed else (cout, cin // g, *k)
         out = {"weight": w}
         if a.get("bias", True):
@@ -260,11 +260,14 @@ def _keras_conv(n: int, transposed: bool):
         k = s.get("kernel")
         if k is None or len(k) != n + 2:
             return None
-        groups = int(cfg.get("groups", 1) or 1)
+        # groups: from the config; without one it is unknown (None) and the target decides: a grouped
+        # kernel (*K, I/g, O) is already torch's (O, I/g, *K) after the layout, whatever g is
+        groups = cfg.get("groups", 1 if cfg else None)
+        groups = groups if isinstance(groups, int) and groups >= 1 else (None if not cfg else 1)
         if transposed:
-            attrs = {"in_channels": k[-1], "out_channels": k[-2] * groups, "kernel_size": k[:n], "groups": groups}
+            attrs = {"in_channels": k[-1], "out_channels": k[-2] * (groups or 1), "kernel_size": k[:n], "groups": groups}
         else:
-            attrs = {"in_channels": k[-2] * groups, "out_channels": k[-1], "kernel_size": k[:n], "groups": groups}
+            attrs = {"in_channels": k[-2] * (groups or 1), "out_channels": k[-1], "kernel_size": k[:n], "groups": groups}
         attrs["bias"] = "bias" in s
         if "bias" in s and s["bias"] != (attrs["out_channels"],):
             return None
@@ -431,6 +434,22 @@ RNN_CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 # Keras classes with weights but no torch layer here: their variable names, for naming files' ``vars/<i>``
 KERAS_ONLY_VARIABLES = {"EinsumDense": ("kernel", "bias"), "RMSNormalization": ("scale",),
                         "Normalization": ("mean", "variance", "count")}
+
+
+def refusal(shapes: dict[str, Shape], cls: str | None) -> str | None:
+    """Why a stored layer that looks like a known one has no torch counterpart (None if it is not
+    one of the known cases): said to the user instead of a bare "no counterpart"."""
+    names = {normalize_var(n) for n in shapes}
+    if {"kernel", "recurrent_kernel", "bias"} <= names and cls in (None, "GRU"):
+        k, b = shapes.get("kernel") or shapes.get("weights"), shapes.get("bias") or shapes.get("biases")
+        if k is not None and b is not None and len(b) == 1 and len(k) == 2 and k[1] % 3 == 0 and b[0] == k[1]:
+            return ("a Keras GRU with reset_after=False (one bias of 3U): it computes another function than "
+                    "torch's GRU (reset gate before the recurrent matmul); no rule converts it")
+    a = shapes.get("alpha")
+    if a is not None and sum(d != 1 for d in a) > 1:
+        return (f"a PReLU with a slope per position (alpha {list(a)}, no shared axes): torch's PReLU holds one "
+                "slope per channel")
+    return None
 
 
 def variable_names(cls: str | None) -> tuple[str, ...] | None:

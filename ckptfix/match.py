@@ -99,14 +99,16 @@ class Matching:
     missing: list[TargetUnit]             # target layers nothing fills
     ordered: bool                         # the source's layer order was used
     notes: list[str] = field(default_factory=list)
+    unplaced_layers: list[SourceLayer] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def source_layers(metas: dict[str, TensorMeta], classes: dict[str, str], configs: dict[str, dict]
-                  ) -> tuple[list[SourceLayer], bool]:
-    """The source's layers, and whether their order is the model's (False for sorted names)."""
+def source_layers(metas: dict[str, TensorMeta], classes: dict[str, str], configs: dict[str, dict],
+                  layer_order: list[str] | None = None) -> tuple[list[SourceLayer], bool]:
+    """The source's layers, and whether their order is the model's (False for sorted names, unless
+    ``layer_order`` (a Keras config's) restores it)."""
     groups: dict[str, dict[str, str]] = {}
     for key in metas:
         layer, var = split_key(key)
@@ -115,6 +117,10 @@ def source_layers(metas: dict[str, TensorMeta], classes: dict[str, str], configs
     ordered = not (len(names) > 2 and names == sorted(names))
     if not ordered:
         names.sort(key=natural_key)
+        rank = {n: i for i, n in enumerate(layer_order or [])}
+        if rank and sum(n in rank for n in names) >= len(names) // 2 + 1:
+            names.sort(key=lambda n: rank.get(n, len(rank)))
+            ordered = True
     out = []
     for i, n in enumerate(names):
         keys = groups[n]
@@ -228,7 +234,8 @@ def compatible(u: T.Unit, t: TargetUnit, near: bool = False) -> bool:
 
 
 def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[str, str] | None = None,
-          configs: dict[str, dict] | None = None, feeds: tuple[dict, dict] | None = None) -> Matching:
+          configs: dict[str, dict] | None = None, feeds: tuple[dict, dict] | None = None,
+          layer_order: list[str] | None = None) -> Matching:
     """``feeds``: (target layer -> the layer it reads, source layer -> the layer it reads), from the
     traced graph and the source's config: among equally good candidates, the one read from where
     the target layer reads is taken (two BatchNorms of the same size after parallel convs)."""
@@ -240,7 +247,7 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
         for s in srcs:
             s.keys = {v: back[k] for v, k in s.keys.items()}
     else:
-        srcs, ordered = source_layers(metas, classes or {}, configs or {})
+        srcs, ordered = source_layers(metas, classes or {}, configs or {}, layer_order)
     pairs: list[Pair] = []
     taken_keys: set[str] = set()
     # 1. same names and shapes
@@ -311,7 +318,29 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
     for p in pairs:
         if p.how == "near":
             _differences(p)
-    return Matching(pairs, unplaced, missing, ordered)
+    notes = _siblings(pairs, t_feed)
+    return Matching(pairs, unplaced, missing, ordered, notes,
+                    [s for j, (s, _) in enumerate(pool) if j not in used])
+
+
+def _siblings(pairs: list[Pair], t_feed: dict[str, str]) -> list[str]:
+    """Target layers that read the same input and have the same shapes (an Inception's parallel
+    1x1 convs, attention's q/k/v): neither shapes nor the graph tell them apart, so their pairing
+    rests on the checkpoint's order alone. Said, never silently trusted."""
+    groups: dict[tuple, list[Pair]] = {}
+    for p in pairs:
+        t = p.targets[0]
+        if p.how == "same names" or t.module not in t_feed:
+            continue
+        key = (t_feed[t.module], t.kind, tuple(sorted(t.shapes.items())))
+        groups.setdefault(key, []).append(p)
+    out = []
+    for ps in groups.values():
+        if len(ps) > 1:
+            pairs_txt = ", ".join(f"{p.targets[0].module} <- {p.reading.src.name}" for p in ps)
+            out.append(f"review: {', '.join(p.targets[0].module for p in ps)} read the same input and have the "
+                       f"same shapes: paired by the checkpoint's order alone ({pairs_txt}); check them")
+    return out
 
 
 def _find(left_t: list[TargetUnit], i: int, pool, used: set[int], last: int, ordered: bool, near: bool,

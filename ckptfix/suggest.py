@@ -18,6 +18,7 @@ YAML is rendered at the end. What is inferred from where:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from .plan import Plan, make_plan
 from .rules.schema import OPS, SHORTHAND, Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
+from .formats.keras_h5 import walk_config
 from .trace import Trace, keras_feeds, keras_flattens, keras_input_shape, trace
 
 
@@ -117,7 +119,9 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     tr = trace(target.module, shape_in) if target.module is not None else \
         Trace(list(target.layers), False, note="the target is not a model: its layers are taken in file order")
     s_feed = keras_feeds(keras_config, lambda n: any(k.startswith(n + "/") for k in work)) if keras_config else {}
-    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed))
+    config_order = [p for p, _, _ in walk_config(keras_config)] if keras_config else None
+    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed), layer_order=config_order)
+    rules.header += [f"# {n}" for n in m.notes]
     if not m.ordered:
         rules.header.append("# review: the checkpoint's layer order is lost (sorted names): layers of the same "
                             "shapes were paired in natural name order (conv2d, conv2d_1, ...). Check them, or give "
@@ -211,21 +215,34 @@ def _flatten_rules(m: Matching, metas, tr: Trace, keras_config, rules: _Rules) -
         if f is None or p.reading.form is None or t.kind != "Linear":
             continue
         in_f = t.shapes["weight"][1]
-        spatial, how = f.spatial(in_f)
         info = src_flat.get(p.reading.src.name)
-        if spatial is None and info is not None and info.dims is not None:
-            spatial = tuple(d for letter, d in zip(info.order, info.dims) if letter != "C")
+        letters = "".join(c for c in f.order if c != "C")
+        if f.map_shape is not None:
+            spatial, how = tuple(f.map_shape[1:]), "traced"
+        elif info is not None and info.dims is not None:
+            sizes = dict(zip(info.order, info.dims))  # the same image axes, named the same on both sides
+            spatial = tuple(sizes[c] for c in letters) if set(letters) <= set(sizes) else None
             how = "from the Keras config"
+        else:
+            spatial, how = f.spatial(in_f)
         if spatial is None:
             rules.problems.append(f"{t.module}: reads a flattened map of {in_f} features but its height and width "
                                   f"are unknown ({how})")
             continue
+        if f.channels is not None and f.channels * math.prod(spatial) != in_f:
+            rules.problems.append(f"{t.module}: reads {in_f} features, but a map of {f.channels} channels x "
+                                  f"{'x'.join(map(str, spatial))} ({how}) holds {f.channels * math.prod(spatial)}; "
+                                  "give --input-shape")
+            continue
         if len(spatial) == 0 or all(s == 1 for s in spatial):
             continue
-        letters = "".join(c for c in f.order if c != "C")
+        if info is not None and info.order == "?":
+            rules.header.append(f"# review: {t.module}: the Keras config does not show in which order the map this "
+                                "Dense reads was flattened; assumed NHWC (channels last)")
+            info = None
         src_order = info.order if info is not None else letters + "C"
-        assumed = "" if info is not None else (" The checkpoint has no Keras config: assumed it flattens NHWC "
-                                               "(no Permute before Flatten).")
+        assumed = "" if info is not None or keras_config else (" The checkpoint has no Keras config: assumed it "
+                                                                "flattens NHWC (no Permute before Flatten).")
         if src_order == f.order:
             rules.header.append(f"# {t.module}: both sides flatten the map in {f.order} order: no reorder")
             continue
@@ -303,6 +320,10 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
         for r in cause.rules:
             op, body = next(iter(r.items()))
             rules.add(op, body, f"review: {cause.message}")
+    for s in m.unplaced_layers:
+        why = T.refusal(s.shapes, s.cls)
+        if why:
+            rules.problems.append(f"the checkpoint's {s.name}: {why}")
     for t in m.missing:
         rules.problems.append(f"{t.module}: the target's {t.kind} has no counterpart in the checkpoint "
                               f"({_short(t.keys.values())})")

@@ -7,11 +7,15 @@ to registration order, and the facts it could not see are reported as assumption
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import warnings
 from dataclasses import dataclass, field
 
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+INPUT = "<input>"  # what the first layers read (in ``Trace.feeds``)
 _PASS_METHODS = {"contiguous", "float", "clone", "detach", "to"}
 _PASS_FUNCS = {"dropout", "contiguous", "identity"}
 
@@ -85,8 +89,8 @@ def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
             from torch.fx.passes.shape_prop import ShapeProp
 
             gm.eval()
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")  # ShapeProp prints a traceback of its own on a failing node
                 ShapeProp(gm).propagate(torch.empty(input_shape, device="meta"))
             flattens = flattens_now()
         except Exception:  # noqa: BLE001 - a wrong guess of the input shape: shapes stay unknown
@@ -124,6 +128,8 @@ def _feeder(node, registered: list[str]) -> str | None:
             return None
         if node.op == "call_module" and str(node.target) in registered:
             return str(node.target)
+        if node.op == "placeholder":
+            return INPUT
         if not node.args:
             return None
         node = node.args[0]
@@ -285,9 +291,56 @@ def _previous(entries: list[dict]) -> dict[str | None, str | None]:
     return prev
 
 
+# Keras layers that keep a tensor's axes as they are (what lies between a map and its Flatten)
+_KEEPS_AXES = frozenset({"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+                         "GaussianDropout", "AlphaDropout", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
+                         "Softmax", "ActivityRegularization", "Identity", "BatchNormalization"})
+_UNKNOWN = "?"
+
+
+def _rank_of(cls: str) -> int | None:
+    m = re.search(r"([123])D", cls)
+    return int(m.group(1)) if m else None
+
+
+def _map_letters(name, by_name: dict, prev: dict) -> str:
+    """The axis letters (no batch) of the map layer ``name`` outputs, e.g. "HWC", "CHW", or "?":
+    from the nearest layer upstream that states a data_format, through Permutes and layers that
+    keep axes."""
+    perms: list[list[int]] = []
+    for _ in range(len(by_name) + 1):
+        e = by_name.get(name)
+        if e is None:
+            return _UNKNOWN
+        cls = e.get("class_name") if isinstance(e.get("class_name"), str) else ""
+        cfg = e.get("config") if isinstance(e.get("config"), dict) else {}
+        if cls == "Permute":
+            dims = cfg.get("dims")
+            if not isinstance(dims, list) or not all(isinstance(d, int) for d in dims):
+                return _UNKNOWN
+            perms.append(dims)
+        elif isinstance(cfg.get("data_format"), str) and _rank_of(cls):
+            n = _rank_of(cls)
+            letters = ("C" + _SPATIAL[n]) if cfg["data_format"] == "channels_first" else (_SPATIAL[n] + "C")
+            for dims in reversed(perms):  # the nearest Permute applies last
+                if sorted(dims) != list(range(1, len(letters) + 1)):
+                    return _UNKNOWN
+                letters = "".join(letters[d - 1] for d in dims)
+            return letters
+        elif cls not in _KEEPS_AXES and cls != "InputLayer":
+            return _UNKNOWN
+        elif cls == "InputLayer":
+            return _UNKNOWN
+        name = prev.get(name)
+    return _UNKNOWN
+
+
 def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
-    """Dense layers fed by a Flatten, with the order Keras flattened in (a Permute before the
-    Flatten changes it). Nested models' layers are named ``outer/inner``."""
+    """Dense layers that read a flattened map, with the order Keras flattened it in: the map's
+    axis order (from its layers' data_format, through any Permute), Flatten(channels_first)
+    moving the channels last first, as Keras does. Dropout/Activation between them are seen
+    through; a Reshape to one axis counts as a Flatten. The order is "?" where the config does
+    not say. Nested models' layers are named ``outer/inner``."""
     out: dict[str, KerasFlatten] = {}
     entries = _entries(config)
     by_name = {_name(e): e for e in entries}
@@ -299,30 +352,32 @@ def keras_flattens(config, prefix: str = "") -> dict[str, KerasFlatten]:
             continue
         if e.get("class_name") != "Dense":
             continue
-        f = by_name.get(prev.get(n))
-        if f is None or f.get("class_name") != "Flatten":
+        up = prev.get(n)
+        for _ in range(len(entries)):
+            f = by_name.get(up)
+            if f is None or f.get("class_name") not in _KEEPS_AXES:
+                break
+            up = prev.get(up)
+        f = by_name.get(up)
+        fcls = f.get("class_name") if f is not None else None
+        fcfg = (f.get("config") if f is not None and isinstance(f.get("config"), dict) else {})
+        target = fcfg.get("target_shape")
+        if fcls != "Flatten" and not (fcls == "Reshape" and isinstance(target, list) and len(target) == 1):
             continue
-        src_name, shape = _inbound(f)
-        fed = by_name.get(prev.get(_name(f)))
-        dims = tuple(int(d) for d in shape[1:]) if shape and all(isinstance(d, int) for d in shape[1:]) else None
-        rank = len(dims) if dims is not None else None
-        if fed is not None and fed.get("class_name") == "Permute":
-            perm = (fed.get("config") or {}).get("dims")
-            _, pshape = _inbound(fed)
-            r = len(perm) if isinstance(perm, list) else None
-            if r is None or (pshape is not None and len(pshape) - 1 != r):
-                continue
-            base = _SPATIAL.get(r - 1, "") + "C"
-            if sorted(perm) != list(range(1, r + 1)):
-                continue
-            out[f"{prefix}{n}"] = KerasFlatten("".join(base[d - 1] for d in perm), dims)
-        elif rank is not None and rank >= 2:
-            out[f"{prefix}{n}"] = KerasFlatten(_SPATIAL.get(rank - 1, "") + "C", dims)
-        elif rank is None:
-            out[f"{prefix}{n}"] = KerasFlatten("", None)  # rank unknown (legacy config): the target decides
-    for k, v in list(out.items()):
-        if not v.order:
-            del out[k]
+        _, shape = _inbound(f)
+        dims = tuple(shape[1:]) if shape and all(isinstance(d, int) and d > 0 for d in shape[1:]) else None
+        letters = _map_letters(prev.get(_name(f)), by_name, prev)
+        if letters == _UNKNOWN or (dims is not None and len(dims) != len(letters)):
+            if dims is not None and len(dims) < 2:
+                continue  # flattening a flat tensor
+            out[f"{prefix}{n}"] = KerasFlatten(_UNKNOWN, None)
+            continue
+        if fcls == "Flatten" and fcfg.get("data_format") == "channels_first" and len(letters) > 1:
+            order = letters[1:] + letters[0]
+            dims = (*dims[1:], dims[0]) if dims is not None else None
+        else:
+            order = letters
+        out[f"{prefix}{n}"] = KerasFlatten(order, dims)
     return out
 
 
@@ -347,11 +402,21 @@ def keras_feeds(config, weighted, prefix: str = "") -> dict[str, str]:
 
 
 def keras_input_shape(config) -> tuple[int, ...] | None:
-    """The torch input shape (batch 1, channels first) of a Keras model with one image-like input."""
-    for e in _entries(config):
+    """The torch input shape (batch 1, channels first) of a Keras model with one image-like input:
+    a channels_last input is moved to channels first; a channels_first one is kept."""
+    entries = _entries(config)
+    first = next((e for e in entries if isinstance(e.get("config"), dict)
+                  and isinstance(e["config"].get("data_format"), str)), None)
+    channels_first = first is not None and first["config"]["data_format"] == "channels_first"
+    for e in entries:
         cfg = e.get("config") or {}
+        if not isinstance(cfg, dict):
+            continue
         shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
-        if isinstance(shape, list) and len(shape) >= 3 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        if isinstance(shape, list) and len(shape) >= 3 and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                 and d > 0 for d in shape[1:]):
+            if channels_first:
+                return (1, *shape[1:])
             *space, c = shape[1:]
             return (1, c, *space)
         if shape is not None:

@@ -57,17 +57,18 @@ def test_linear_counts_its_bias():
 
 @pytest.mark.parametrize("shapes,cls,kinds", [
     ({"kernel": (3, 3, 6, 2), "bias": (12,)}, None, [("DepthwiseConv2D", 6, 12, 6)]),
-    ({"kernel": (3, 3, 6, 2), "bias": (2,)}, None, [("Conv2D", 6, 2, 1)]),
-    ({"kernel": (3, 3, 6, 2), "bias": (6,)}, None, [("Conv2DTranspose", 2, 6, 1)]),
+    ({"kernel": (3, 3, 6, 2), "bias": (2,)}, None, [("Conv2D", 6, 2, None)]),
+    ({"kernel": (3, 3, 6, 2), "bias": (6,)}, None, [("Conv2DTranspose", 2, 6, None)]),
     ({"kernel": (3, 3, 6, 2)}, "DepthwiseConv2D", [("DepthwiseConv2D", 6, 12, 6)]),
-    ({"kernel": (3, 3, 6, 2)}, "Conv2DTranspose", [("Conv2DTranspose", 2, 6, 1)]),
+    ({"kernel": (3, 3, 6, 2)}, "Conv2DTranspose", [("Conv2DTranspose", 2, 6, None)]),
     ({"depthwise_weights": (3, 3, 8, 1), "pointwise_weights": (1, 1, 8, 4), "biases": (4,)}, None,
      [("SeparableConv2D", 8, 8, 8)]),
-    ({"0": (3, 3, 3, 8), "1": (8,)}, None, [("Conv2D", 3, 8, 1)]),
+    ({"0": (3, 3, 3, 8), "1": (8,)}, None, [("Conv2D", 3, 8, None)]),
 ])
 def test_keras_kernels_are_read_by_what_the_shapes_allow(shapes, cls, kinds):
     """A kernel with no class is every layer its shapes allow (the target then decides); with a
-    class only that one. The depthwise [3, 3, 6, 2] is never read as Conv2D(in=6, out=2) when the
+    class only that one. Without a config a conv's groups are unknown (None: a grouped kernel is
+    torch's grouped weight after the layout, whatever the groups; the target's module says). The depthwise [3, 3, 6, 2] is never read as Conv2D(in=6, out=2) when the
     bias says 12 outputs."""
     got = [(form.classes[0], units[0].attrs.get("in_channels"), units[0].attrs.get("out_channels"),
             units[0].attrs.get("groups")) for form, _, units in T.keras_readings(shapes, cls)]

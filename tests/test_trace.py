@@ -45,7 +45,7 @@ def meta(cls):
 def test_execution_order_feeds_and_a_permuted_flatten():
     tr = trace(meta(Branchy), (1, 3, 3, 2))
     assert tr.traced and tr.order == ["first", "second", "head"]
-    assert tr.feeds == {"second": "first", "head": "second"}
+    assert tr.feeds == {"first": "<input>", "second": "first", "head": "second"}
     f = tr.flattens["head"]
     assert f.order == "HWC" and f.map_shape == (4, 3, 2) and f.channels == 4
 
@@ -84,5 +84,33 @@ def test_a_layer_history_that_is_not_a_name_is_ignored():
     cfg = {"class_name": "Functional", "config": {"layers": [
         {"class_name": "Flatten", "name": "f", "inbound_nodes": [{"args": [{"config": {"keras_history": [[1], 0]}}]}]},
         {"class_name": "Dense", "name": "d", "inbound_nodes": [{"args": [{"config": {"keras_history": [{"a": 1}]}}]}]}]}}
-    assert keras_flattens(cfg) == {}
+    assert {k: v.order for k, v in keras_flattens(cfg).items()} == {"d": "?"}  # the config does not say
     assert isinstance(keras_feeds(cfg, lambda n: True), dict)
+
+
+def _cfg(*layers):
+    out = []
+    for cls, name, cfg in layers:
+        out.append({"class_name": cls, "name": name, "config": {"name": name, **cfg}})
+    return {"class_name": "Sequential", "config": {"layers": out}}
+
+
+def test_the_keras_flatten_order_follows_data_format_permute_and_dropout():
+    """The order Keras flattened in: the map's axes (data_format), a Permute, Flatten(channels_first)
+    moving channels last; Dropout/Activation between them seen through; Reshape((n,)) as Flatten."""
+    conv_last = ("Conv2D", "c", {"data_format": "channels_last"})
+    conv_first = ("Conv2D", "c", {"data_format": "channels_first"})
+    dense = ("Dense", "d", {})
+    order = (lambda *ls: keras_flattens(_cfg(*ls))["d"].order)
+    assert order(conv_last, ("Flatten", "f", {}), dense) == "HWC"
+    assert order(conv_first, ("Flatten", "f", {}), dense) == "CHW"
+    assert order(conv_first, ("Flatten", "f", {"data_format": "channels_first"}), dense) == "HWC"
+    assert order(conv_last, ("Permute", "p", {"dims": [3, 1, 2]}), ("Dropout", "x", {}), ("Flatten", "f", {}),
+                 ("Dropout", "y", {}), dense) == "CHW"
+    assert order(conv_last, ("Permute", "p", {"dims": [3, 1, 2]}), ("Reshape", "r", {"target_shape": [48]}), dense) == "CHW"
+    assert order(("Conv1D", "c", {"data_format": "channels_last"}), ("Flatten", "f", {}), dense) == "WC"
+    assert order(conv_last, ("Lambda", "l", {}), ("Flatten", "f", {}), dense) == "?"
+    cfg = _cfg(("InputLayer", "i", {"batch_shape": [None, 4, 5, 6]}), conv_first, dense)
+    assert keras_input_shape(cfg) == (1, 4, 5, 6)
+    cfg = _cfg(("InputLayer", "i", {"batch_shape": [None, 4, 5, 6]}), conv_last, dense)
+    assert keras_input_shape(cfg) == (1, 6, 4, 5)
