@@ -208,13 +208,9 @@ class DropFlatTwin(nn.Module):
     def forward(self, x):
         return self.o(nn.functional.max_pool2d(torch.relu(self.c(x)), 2).flatten(1))
 
-class PermHWTwin(nn.Module):  # keras Permute((2,1,3)) then Flatten: flattens W,H,C
-    def __init__(self):
-        super().__init__()
-        self.c = nn.Conv2d(3, 4, 3, padding=1)
-        self.o = nn.Linear(4 * 3 * 4, 5)
-    def forward(self, x):
-        return self.o(nn.functional.max_pool2d(torch.relu(self.c(x)), 2).flatten(1))
+# Keras Permute((2, 1, 3)) then Flatten (W, H, C): the PyTorch side is the same net as DropFlatTwin
+PermHWTwin = DropFlatTwin
+
 
 class DenseMapTwin(nn.Module):  # keras Dense on NHWC map == 1x1 conv
     def __init__(self):
@@ -224,14 +220,6 @@ class DenseMapTwin(nn.Module):  # keras Dense on NHWC map == 1x1 conv
         self.o = nn.Linear(6, 3)
     def forward(self, x):
         return self.o(torch.relu(self.pix(torch.relu(self.c(x)))).mean((2, 3)))
-
-class ChFirstSqTwin(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c = nn.Conv2d(4, 4, 3, padding=1)
-        self.o = nn.Linear(4 * 4 * 4, 5)
-    def forward(self, x):
-        return self.o(torch.relu(self.c(x)).flatten(1))
 
 class ChainTwin(nn.Module):
     def __init__(self):

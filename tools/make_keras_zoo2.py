@@ -215,12 +215,6 @@ CASES = {  # name: (builder, [(twin, in_perm, oracle or None)])
       "pix.weight": dense(L["dense"][0])[:, :, None, None].contiguous(), "pix.bias": t(L["dense"][1]), **dense_layer("o", L["dense_1"])})]),
 }
 
-def chfirst_sq():
-    i = keras.Input((4, 4, 4))
-    x = L_.Conv2D(4, 3, padding="same", activation="relu", data_format="channels_first")(i)
-    x = L_.Flatten()(x)
-    return keras.Model(i, L_.Dense(5)(x), name="chfirst_sq"), (4, 4, 4), "float"
-
 def permdrop():
     return _small("permdrop", lambda x: L_.Dropout(0.5)(L_.Flatten()(L_.Permute((3, 1, 2))(x))))
 
@@ -235,7 +229,6 @@ def alpha_order():
     return keras.Model(i, x, name="alpha_order"), (8,), "float"
 
 CASES.update({
- "chfirst_sq": (chfirst_sq, [("ChFirstSqTwin", None, lambda L: {**conv_layer("c", L["conv2d"]), **dense_layer("o", L["dense"])})]),
  "permdrop": (permdrop, [("DropFlatTwin", NHWC, lambda L: {**conv_layer("c", L["conv2d"]), **dense_layer("o", L["dense"])})]),
  "permreshape": (permreshape, [("DropFlatTwin", NHWC, lambda L: {**conv_layer("c", L["conv2d"]), **dense_layer("o", L["dense"])})]),
  "alpha_order": (alpha_order, [("ChainTwin", None, lambda L: {k: v for j, nm in enumerate(("zulu", "yankee", "xray", "whiskey"))
@@ -285,4 +278,4 @@ def main(out, names):
             print("  oracle", tw, float(np.abs(y - io["y"]).max()))
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:] or [n for n in CASES if n not in ("chfirst_sq",)])
+    main(sys.argv[1], sys.argv[2:] or list(CASES))
