@@ -28,6 +28,7 @@ Conventions checked against the real frameworks by ``tools/zoo_oracle.py`` and t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -436,10 +437,13 @@ KERAS_ONLY_VARIABLES = {"EinsumDense": ("kernel", "bias"), "RMSNormalization": (
                         "Normalization": ("mean", "variance", "count")}
 
 
-def refusal(shapes: dict[str, Shape], cls: str | None) -> str | None:
+def refusal(shapes: dict[str, Shape], cls: str | None, name: str = "") -> str | None:
     """Why a stored layer that looks like a known one has no torch counterpart (None if it is not
     one of the known cases): said to the user instead of a bare "no counterpart"."""
     names = {normalize_var(n) for n in shapes}
+    if {"kernel", "recurrent_kernel"} <= names and re.search(r"(^|/)(forward|backward)_", name):
+        return ("one direction of a Keras Bidirectional RNN: not supported yet (torch keeps both directions in "
+                "one module, *_reverse); convert each direction by hand, or save the layers unwrapped")
     if {"kernel", "recurrent_kernel", "bias"} <= names and cls in (None, "GRU"):
         k, b = shapes.get("kernel") or shapes.get("weights"), shapes.get("bias") or shapes.get("biases")
         if k is not None and b is not None and len(b) == 1 and len(k) == 2 and k[1] % 3 == 0 and b[0] == k[1]:

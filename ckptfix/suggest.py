@@ -321,7 +321,7 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
             op, body = next(iter(r.items()))
             rules.add(op, body, f"review: {cause.message}")
     for s in m.unplaced_layers:
-        why = T.refusal(s.shapes, s.cls)
+        why = T.refusal(s.shapes, s.cls, s.name)
         if why:
             rules.problems.append(f"the checkpoint's {s.name}: {why}")
     for t in m.missing:
