@@ -32,10 +32,11 @@ class Cause:
                 "fixable": self.fixable, "names": self.names}
 
 
-def _anchored(names) -> str:
+def anchored(names) -> str:
+    """One regex matching exactly these names (each escaped, anchored)."""
     import re
 
-    names = list(names)
+    names = list(dict.fromkeys(names))
     if len(names) == 1:
         return f"^{re.escape(names[0])}$"
     return "^(" + "|".join(re.escape(n) for n in names) + ")$"
@@ -84,9 +85,9 @@ def layout_cause(name: str, ckpt: Shape, model: Shape) -> Cause | None:
     if len(perms) > 1:
         return Cause("layout", f"{name}: {fmt_shape(ckpt)} looks like the TensorFlow layout {lay.split('->')[0]} of "
                      f"{fmt_shape(model)}, but equal sizes make the permutation ambiguous; check it",
-                     [{"transpose": {"keys": _anchored([name]), "layout": lay}}], review=True, names=[name])
+                     [{"transpose": {"keys": anchored([name]), "layout": lay}}], review=True, names=[name])
     return Cause("layout", f"{name}: {fmt_shape(ckpt)} is the TensorFlow layout {lay.split('->')[0]} of the model's "
-                 f"{fmt_shape(model)} ({lay})", [{"transpose": {"keys": _anchored([name]), "layout": lay}}],
+                 f"{fmt_shape(model)} ({lay})", [{"transpose": {"keys": anchored([name]), "layout": lay}}],
                  names=[name])
 
 
@@ -205,7 +206,7 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
 
 
 def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int) -> dict:
-    keys = _anchored(names)
+    keys = anchored(names)
     if want > have:
         return {"pad": {"keys": keys, "axis": axis, "size": want, "fill": "zeros"}}
     return {"slice": {"keys": keys, "axis": axis, "stop": want}}

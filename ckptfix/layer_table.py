@@ -130,6 +130,20 @@ TORCH.update({
     "RNN": TorchLayer(("RNN",), ("input_size", "hidden_size", "num_layers", "bias", "bidirectional"), _rnn(1)),
 })
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_RNN_NAME = re.compile(r"_l(\d+)(?=$|_reverse$)")
+
+
+def rnn_layer_of(name: str) -> int | None:
+    """``weight_ih_l1`` -> 1 (the layer of a torch RNN tensor), None for other names."""
+    m = _RNN_NAME.search(name)
+    return int(m.group(1)) if m else None
+
+
+def rnn_rename(name: str, layer: int | None, to: int | None) -> str:
+    """``weight_ih_l{layer}`` -> ``weight_ih_l{to}`` (names of other tensors unchanged)."""
+    if layer is None or to is None:
+        return name
+    return re.sub(rf"_l{layer}(?=$|_)", f"_l{to}", name)
 
 # torch.nn constructor signatures (positional order), for layer specs like ``Conv2d(3, 15, 5)``,
 # and how many leading arguments are required
@@ -218,7 +232,7 @@ class Unit:
             return dict(self.attrs["shapes"])
         shapes = TORCH[self.kind].shapes(self.attrs)
         if self.rnn_layer is not None:
-            return {k.replace("_l0", f"_l{self.rnn_layer}"): v for k, v in shapes.items()}
+            return {rnn_rename(k, 0, self.rnn_layer): v for k, v in shapes.items()}
         return shapes
 
 
@@ -576,7 +590,7 @@ def torch_readings(shapes: dict[str, Shape]) -> list[Unit]:
 
 def _torch_rnn(shapes: dict[str, Shape]) -> list[Unit]:
     """A torch LSTM/GRU/RNN read as one unit per layer (``rnn_layer``), as the matcher pairs them."""
-    layers = sorted({int(n.split("_l")[1].split("_")[0]) for n in shapes if "_l" in n})
+    layers = sorted({x for n in shapes if (x := rnn_layer_of(n)) is not None})
     if "weight_hh_l0" not in shapes or any(n.endswith("_reverse") for n in shapes):
         return []
     h = shapes["weight_hh_l0"][1]
@@ -591,7 +605,7 @@ def _torch_rnn(shapes: dict[str, Shape]) -> list[Unit]:
                 return []
             attrs = {"input_size": w[1], "hidden_size": h, "num_layers": 1, "bias": f"bias_ih_l{layer}" in local,
                      "bidirectional": False}
-            u = Unit(kind, attrs, {n.replace(f"_l{layer}", "_l0"): Convert(n) for n in local}, rnn_layer=layer)
+            u = Unit(kind, attrs, {rnn_rename(n, layer, 0): Convert(n) for n in local}, rnn_layer=layer)
             if u.shapes() != local:
                 return []
             out.append(u)

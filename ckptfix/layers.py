@@ -29,6 +29,11 @@ def split_key(key: str) -> tuple[str, str]:
     return key[:cut], key[cut + 1:]
 
 
+def natural_key(s: str):
+    """Sort key: numbers by value (``conv2d_2`` before ``conv2d_10``), comparable for any two names."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s)]
+
+
 def join_key(layer: str, var: str, sep: str = ".") -> str:
     return f"{layer}{sep}{var}" if layer else var
 

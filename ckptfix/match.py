@@ -22,22 +22,13 @@ import re
 from dataclasses import dataclass, field
 
 from . import layer_table as T
+from . import layers as L
 from .layers import split_key
 from .tensors import TensorMeta
 
 Shape = tuple[int, ...]
-_TORCH_VARS = re.compile(r"^(weight|bias|running_mean|running_var|num_batches_tracked|"
-                         r"(weight|bias)_(ih|hh)_l\d+(_reverse)?)$")
-
-
-def natural_key(s: str):
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
-
-
-def _rnn_local(name: str, layer: int | None, to: int | None) -> str:
-    if layer is None or to is None:
-        return name
-    return re.sub(rf"_l{layer}(?=$|_)", f"_l{to}", name)
+natural_key = L.natural_key
+_rnn_local = T.rnn_rename
 
 
 @dataclass
@@ -51,7 +42,7 @@ class SourceLayer:
 
     @property
     def torch_style(self) -> bool:
-        return all(_TORCH_VARS.match(v) for v in self.keys)
+        return L.torch_named(self.keys)
 
 
 @dataclass
@@ -202,7 +193,7 @@ def target_units(target, order: list[str]) -> list[TargetUnit]:
         full = {v: (k if not ly.name else f"{ly.name}.{v}") for v, k in ((v, v) for v in ly.tensors)}
         shapes = {v: tuple(m.shape) for v, m in ly.tensors.items()}
         if ly.kind in T.RNN_GATES and ly.kind in T.TORCH and "weight_ih_l0" in shapes:
-            layers_n = sorted({int(v.split("_l")[1].split("_")[0]) for v in shapes if "_l" in v})
+            layers_n = sorted({x for v in shapes if (x := T.rnn_layer_of(v)) is not None})
             if any(v.endswith("_reverse") for v in shapes):
                 layers_n = []
             for layer in layers_n:

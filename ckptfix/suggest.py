@@ -59,11 +59,7 @@ class _Item:
     comment: str
 
 
-def _anchored(names) -> str:
-    names = list(dict.fromkeys(names))
-    if len(names) == 1:
-        return f"^{re.escape(names[0])}$"
-    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+_anchored = D.anchored
 
 
 def _short(names, n: int = 4) -> str:
@@ -161,7 +157,7 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
             why.setdefault(HOW.get(p.how, p.how), []).append(f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what})")
         for u, t in zip(p.reading.units, p.targets):
             for local, conv in u.tensors.items():
-                canon = re.sub(rf"_l{u.rnn_layer}(?=$|_)", "_l0", local) if u.rnn_layer is not None else local
+                canon = T.rnn_rename(local, u.rnn_layer, 0)
                 tkey = t.keys.get(canon)
                 if tkey is None:
                     continue

@@ -186,8 +186,7 @@ def _strip_tf_suffix(name: str) -> str:
     return re.sub(r":\d+$", "", name)
 
 
-def _natural_key(s: str):
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s)]
+from ..layers import natural_key as _natural_key
 
 
 # ------------------------------------------------------------------------------ the readers
