@@ -233,6 +233,8 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
         from .execute import check_output, inputs_of
         from .formats.atomic import atomic_file
         from .render import fit_text, steps_text
+        from .errors import InputError
+        from .layers import split_key
         from .suggest import suggest as run_suggest
 
         opts = _opts(state_key, allow_global, allow_outside)
@@ -250,6 +252,11 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             classes, configs = r.layer_classes(), r.layer_configs()
             if extra is not None:  # the file's own facts first, the given config's for the rest
                 more_classes, more_configs = api.config_layers(extra)
+                layers = {split_key(k)[0] for k in r.metas()}
+                if 2 * len(layers & set(more_classes)) < len(layers):  # Keras default names collide across models
+                    raise InputError(Path(keras_config), "its Keras config names too few of the checkpoint's layers "
+                                     f"(it has {', '.join(sorted(more_classes)[:3])}; the checkpoint "
+                                     f"{', '.join(sorted(layers)[:3])}): not this model's config")
                 classes, configs = {**more_classes, **classes}, {**more_configs, **configs}
             sug = run_suggest(r.metas(), tgt, classes=classes, configs=configs,
                               keras_config=config, source_format=r.format,

@@ -164,3 +164,13 @@ def test_unnamed_arrays_are_cut_into_layers_by_the_target(cli, tmp_path, arch, t
     _, in_perm, out_perm = next(t for t in zoo_twins.ZOO[arch] if t[0] == twin)
     for g, y in zip(zoo_twins.run_twin(model, x, in_perm, out_perm), ys):
         assert_outputs_close(g, torch.from_numpy(y))
+
+
+def test_a_config_of_another_model_is_refused(cli):
+    """--keras-config of another model (vgg's for resnet's weights) names too few of the
+    checkpoint's layers (only Keras' default `conv2d` is shared): refused with the file and the
+    cause, not trusted for classes and order."""
+    r = cli("suggest", ZOO_DIR / "resnet.npz", "--target", f"{TWINS}:ResNetTwin",
+            "--keras-config", ZOO_DIR / "vgg.keras")
+    assert r.exit_code == 2
+    assert "vgg.keras" in r.stderr and "names too few of the checkpoint's layers" in r.stderr
