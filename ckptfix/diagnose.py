@@ -7,6 +7,7 @@ unknown (a pasted error lists missing/unexpected keys without shapes).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -104,8 +105,12 @@ def _layer(name: str, shapes: dict[str, Shape | None]) -> L.Layer:
 
 
 # Kinds of cause, most fundamental first (a Cause's ``kind`` is one of these)
-PREFIX, LAYOUT, IN_CHANNELS, NUM_CLASSES, WIDTH, VARIANT = ("prefix", "layout", "in_channels", "num_classes",
-                                                           "channels", "variant")
+PREFIX, LAYOUT, POS_EMBED, PATCH, IN_CHANNELS, NUM_CLASSES, WIDTH, VARIANT = (
+    "prefix", "layout", "pos_embed", "patch_size", "in_channels", "num_classes", "channels", "variant")
+
+POS_NAMES = re.compile(r"(^|[._/])(pos_embed|pos_embedding|position_embeddings?|positional_embedding)"
+                       r"(\.weight)?$")
+PREFIX_TOKENS = re.compile(r"(^|[._/])(cls_token|dist_token|reg_token|register_tokens)$")
 
 
 def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
@@ -134,22 +139,33 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
             rest[n] = (a, b)
     if not rest:
         return causes
+    pos = pos_embed_causes(rest, ckpt)
+    causes += pos
+    for c in pos:
+        for n in c.names:
+            rest.pop(n, None)
     by_layer: dict[str, list[str]] = {}
     for n in rest:
         by_layer.setdefault(L.layer_of(n), []).append(n)
     order = order or list(model)
     layer_order = list(dict.fromkeys(L.layer_of(n) for n in order))
-    first = layer_order[0] if layer_order else None
+    first = next((ly for ly in layer_order if _has_weight(ly, model)), layer_order[0] if layer_order else None)
     last = layer_order[-1] if layer_order else None
+    layer_shapes = {ly: ({n: ckpt[n] for n in ckpt if L.layer_of(n) == ly and ckpt[n] is not None},
+                         {n: model[n] for n in model if L.layer_of(n) == ly and model[n] is not None})
+                    for ly in by_layer}
+    chains, covered = width_chains([ly for ly in layer_order if ly in by_layer], layer_shapes)
     unfixable = []
     for layer, names in by_layer.items():
-        have = {n: ckpt[n] for n in ckpt if L.layer_of(n) == layer and ckpt[n] is not None}
-        want = {n: model[n] for n in model if L.layer_of(n) == layer and model[n] is not None}
-        c = size_cause(layer, have, want, layer == first, layer == last)
+        if layer in covered:
+            continue
+        have, want = layer_shapes[layer]
+        c = size_cause(layer, have, want, layer == first, layer == last, patch=bool(pos) or "patch" in layer)
         if c.fixable:
             causes.append(c)
         else:
             unfixable.append(c)
+    causes += chains
     if unfixable:
         names = sorted(n for c in unfixable for n in c.names)
         what = "; ".join(c.message for c in unfixable[:3]) + ("; ..." if len(unfixable) > 3 else "")
@@ -160,10 +176,118 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     return causes
 
 
-def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_first: bool, is_last: bool) -> Cause:
+def _has_weight(layer: str, shapes: dict) -> bool:
+    return any(L.layer_of(n) == layer and L.split_key(n)[1] in ("weight", "kernel") for n in shapes)
+
+
+def _g(grid) -> str:
+    return "x".join(map(str, grid))
+
+
+def pos_embed_causes(mism: dict[str, tuple[Shape, Shape]], ckpt: dict[str, Shape | None]) -> list[Cause]:
+    """Absolute position embeddings whose token count differs (a new image or patch size): a
+    ``resample_pos_embed`` rule each, the prefix tokens counted from the class/distillation/register
+    tokens beside them (else 1 if that makes both grids square, else 0)."""
+    out = []
+    prefix_hint = sum((s[-2] if len(s) >= 2 else 1) for n, s in ckpt.items()
+                      if s is not None and PREFIX_TOKENS.search(n))
+    for n, (a, b) in mism.items():
+        if not POS_NAMES.search(n) or len(a) != len(b) or len(a) not in (2, 3) or a[-1] != b[-1] or \
+                (len(a) == 3 and (a[0], b[0]) != (1, 1)):
+            continue
+        from .rules.resample import square_grid
+
+        na, nb = a[-2], b[-2]
+        tries = [prefix_hint] if prefix_hint else [1, 0]
+        found = next(((p, square_grid(na, p), square_grid(nb, p)) for p in tries
+                      if square_grid(na, p) and square_grid(nb, p)), None)
+        if found is None:
+            p = tries[0]
+            out.append(Cause(POS_EMBED, f"{n}: {na} -> {nb} position tokens, not square grids after {p} prefix "
+                             f"token(s): resample it with `- resample_pos_embed: {{keys: '{anchored([n])}', from: "
+                             f"[h, w], to: [h, w], prefix_tokens: {p}}}` once you know the grids", fixable=False,
+                             names=[n]))
+            continue
+        p, old, new = found
+        out.append(Cause(POS_EMBED, f"{n}: a position embedding for a {_g(old)} grid, the model's is {_g(new)} "
+                         f"(a new image or patch size): resampled bicubic as timm resample_abs_pos_embed, the "
+                         f"{p} prefix token(s) kept: each patch keeps (nearly) the embedding of the same place "
+                         "in the image",
+                         [{"resample_pos_embed": {"keys": anchored([n]), "from": list(old), "to": list(new),
+                                                  "prefix_tokens": p}}], review=True, names=[n]))
+    return out
+
+
+_OUT = ("out_channels", "out_features")
+_IN = ("in_channels", "in_features")
+
+
+def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]) -> tuple[list[Cause], set[str]]:
+    """Coupled width changes: a layer whose output channels change a -> b, then (in order) the
+    per-channel layers after it (norms, depthwise convs) changing a -> b, then the layer reading
+    them (input channels a -> b, or a Linear's features a*k -> b*k). Each chain is one ``channels``
+    rule; ``covered`` are the layers whose every difference a chain explains."""
+    diffs = {}
+    for ly in layers:
+        have, want = shapes[ly]
+        if not have or set(have) != set(want):
+            continue
+        any_name = next(iter(have))
+        a, b = _layer(any_name, dict(have)), _layer(any_name, dict(want))
+        if a.kind != b.kind:
+            continue
+        diffs[ly] = ({d.attr: d for d in L.differences(a, b)}, a, have)
+    causes, explained = [], {ly: set() for ly in diffs}
+    i = 0
+    while i < len(layers):
+        ly = layers[i]
+        i += 1
+        if ly not in diffs or not any(k in diffs[ly][0] and k not in explained[ly] for k in _OUT) \
+                or set(diffs[ly][0]) - {*_OUT, *_IN}:
+            continue  # not a producer, or a depthwise conv a chain passed through
+        d = next(diffs[ly][0][k] for k in _OUT if k in diffs[ly][0])
+        old, new = d.have, d.want
+        chain, j, closed = [], i, False
+        while j < len(layers) and layers[j] in diffs:
+            q = layers[j]
+            qd, qa, qhave = diffs[q]
+            w = next((n for n in qhave if L.split_key(n)[1] == "weight"), None)
+            depthwise = w is not None and len(qhave[w]) >= 3 and qhave[w][1] == 1 and qhave[w][0] == old
+            if set(qd) == {"num_features"} and (qd["num_features"].have, qd["num_features"].want) == (old, new) or \
+                    depthwise and set(qd) == {"out_channels"} and qd["out_channels"].want == new:
+                chain.append(q)
+                j += 1
+                continue
+            k = next((k for k in _IN if k in qd), None)
+            if k is not None and qd[k].have % old == 0 and qd[k].want * old == qd[k].have * new:
+                chain.append(q)
+                closed = True
+            break
+        if not closed:
+            continue
+        explained[ly] |= set(k for k in _OUT if k in diffs[ly][0])
+        for q in chain[:-1]:
+            explained[q] |= set(diffs[q][0])
+        explained[chain[-1]] |= {k for k in _IN if k in diffs[chain[-1]][0]}
+        grows = new > old
+        what = ("the new channels start at zero and are read with zero weights: the network's outputs are unchanged"
+                if grows else f"keeps the first {new} channels (by: l1 keeps those whose filters have the largest "
+                "L1 norm; keep: [...] names them)")
+        causes.append(Cause(WIDTH, f"{ly}: {old} -> {new} output channels, read by {', '.join(chain)}: {what}",
+                            [{"channels": {"layer": ly, "size": new, "then": chain}}], review=True,
+                            names=sorted(n for q in [ly, *chain] for n in shapes[q][0] if shapes[q][0][n] != shapes[q][1].get(n))))
+    covered = {ly for ly, done in explained.items() if done and done >= set(diffs[ly][0])}
+    # a chain whose layers are not all explained still stands: the rest gets pad/slice rules
+    return causes, covered
+
+
+def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_first: bool, is_last: bool,
+               *, patch: bool = False) -> Cause:
     """The cause of one layer's size differences (``have``/``want``: its tensors' shapes in the
-    checkpoint, after any layout rules, and in the model), with the pad/slice rules that fix it:
-    one per axis and size change, over every tensor it applies to."""
+    checkpoint, after any layout rules, and in the model), with the rules that fix it: input
+    channels of the first layer adapted (``in_channels``, timm's sum/repeat), classes of the last
+    (``num_classes``), a patch embedding's kernel PI-resized (``patch``: the model has a position
+    embedding, or the layer is named so), else pad/slice per axis (a width)."""
     names = [n for n in have if n in want and have[n] != want[n]]
     rest = {n: (have[n], want[n]) for n in names}
     a = _layer(names[0], dict(have))
@@ -172,10 +296,31 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
     attrs = {d.attr for d in ds}
     where = layer or "the layer"
     shapes_ok = all(len(rest[n][0]) == len(rest[n][1]) for n in names)
+    weight = next((n for n in names if L.split_key(n)[1] in ("weight", "kernel")), None)
+    if shapes_ok and patch and attrs and "kernel_size" in attrs and attrs <= {"kernel_size", *L.IN_ATTRS} \
+            and a.kind.startswith("Conv") and weight is not None and len(have[weight]) == 4:
+        return _patch_cause(where, weight, ds, have[weight], want[weight])
     if not shapes_ok or "kernel_size" in attrs or "groups" in attrs:
         why = "; ".join(map(str, ds)) or "; ".join(f"{n} {fmt_shape(rest[n][0])} vs {fmt_shape(rest[n][1])}"
                                                    for n in names)
         return Cause(VARIANT, f"{where}: {why}", fixable=False, names=sorted(names))
+    if attrs and attrs <= L.IN_ATTRS and is_first and weight is not None and names == [weight] \
+            and len(have[weight]) >= 3:
+        d = next(d for d in ds if d.attr in L.IN_ATTRS)
+        rule, keeps = in_channels_rule(weight, d.have, d.want)
+        return Cause(IN_CHANNELS, f"a different number of input channels ({d.have} -> {d.want}) in the first "
+                     f"layer {where}: {keeps}", [rule], review=True, names=[weight])
+    if attrs and attrs <= L.OUT_ATTRS and is_last and "out_features" in attrs and layer \
+            and weight is not None and all(rest[n][0][0] != rest[n][1][0] and rest[n][0][1:] == rest[n][1][1:]
+                                           for n in names):
+        d = next(d for d in ds if d.attr in L.OUT_ATTRS)
+        if d.want > d.have:
+            keeps = (f"the {d.have} old classes keep their weights; the {d.want - d.have} new ones start as PyTorch "
+                     "initialises the layer (seeded)")
+        else:
+            keeps = f"keeps the first {d.want} classes (keep: [...] names the classes to keep, in their new order)"
+        return Cause(NUM_CLASSES, f"a different number of classes ({d.have} -> {d.want}) in the last layer {where}: "
+                     f"{keeps}", [{"num_classes": {"layer": layer, "size": d.want}}], review=True, names=sorted(names))
     if attrs and attrs <= L.IN_ATTRS and is_first:
         d = next(d for d in ds if d.attr in L.IN_ATTRS)
         msg = f"a different number of input channels ({d.have} -> {d.want}) in the first layer {where}"
@@ -203,6 +348,42 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
     if shrinks:
         keep.append("slicing keeps the first entries")
     return Cause(kind, msg + ("; " + "; ".join(keep) if keep else ""), rules, review=True, names=sorted(names))
+
+
+def in_channels_rule(weight: str, c: int, n: int) -> tuple[dict, str]:
+    """The ``in_channels`` rule for a first conv going from ``c`` to ``n`` input channels, and what
+    it preserves: timm's sum (to 1) and repeat (from 3), else the old channels kept, new ones zero."""
+    keys = anchored([weight])
+    if n == 1:
+        return ({"in_channels": {"keys": keys, "size": 1, "mode": "sum"}},
+                f"summed over the {c} channels (as timm): a gray image gives exactly the activations its "
+                f"{c}-channel copy gave")
+    if c == 3:
+        exact = " (exactly, for channels that repeat the RGB image)" if n % c == 0 else ""
+        return ({"in_channels": {"keys": keys, "size": n, "mode": "repeat"}},
+                f"RGB repeated to {n} channels and scaled by 3/{n} (as timm): the response's scale is kept{exact}; "
+                + ("`mode: keep` keeps the RGB response exactly, the new channels starting at zero, and `map: "
+                   "{3: 0}` starts one from red" if n > c else "`mode: keep` keeps the first channels as they are"))
+    if n > c:
+        return ({"in_channels": {"keys": keys, "size": n, "mode": "keep", "fill": "zeros"}},
+                f"the {c} old channels kept, the {n - c} new ones start at zero: the old channels give exactly "
+                "the old activations (`map: {new: source}` starts a new channel from an old one)")
+    return ({"in_channels": {"keys": keys, "size": n, "mode": "keep"}},
+            f"the first {n} of {c} channels kept (`map: {{new: source}}` picks others)")
+
+
+def _patch_cause(where: str, weight: str, ds, have: Shape, want: Shape) -> Cause:
+    new = list(want[2:])
+    rules = [{"resize_kernel": {"keys": anchored([weight]), "size": new, "method": "pi"}}]
+    msg = (f"{where}: a patch embedding with {_g(have[2:])} patches, the model's are {_g(want[2:])} (a new patch "
+           "size): PI-resized as timm resample_patch_embed (FlexiViT): a patch resized to the new size gives the "
+           "same token" + (" exactly" if want[2] >= have[2] and want[3] >= have[3] else
+                           " as nearly as a smaller kernel can (least squares)"))
+    if want[1] != have[1]:
+        rule, keeps = in_channels_rule(weight, have[1], want[1])
+        rules.insert(0, rule)
+        msg += f"; input channels {have[1]} -> {want[1]}: {keeps}"
+    return Cause(PATCH, msg, rules, review=True, names=[weight])
 
 
 def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int) -> dict:

@@ -22,6 +22,7 @@ from .formats.detect import PT_SUFFIXES, SHARD_INDEX
 from .formats.fileio import sha256_range
 from .formats.safetensors_io import SafetensorsReader, SafetensorsWriter, shard_groups, shard_name, tensor_bytes
 from .plan import Plan
+from .rules.channels import selections
 from .progress import Progress
 from .tensors import TensorMeta
 
@@ -71,6 +72,8 @@ class _Producer:
         self.progress = progress
         # --verify: name -> sha256 of the bytes produced, checked against the file read back
         self.digests: dict[str, str] | None = {} if verify else None
+        for sel in selections(plan.entries.values()):  # indices chosen from the data (channels by: l1)
+            sel.resolve(reader.read)
 
     def tensor(self, name: str):
         e = self.plan.entries[name]

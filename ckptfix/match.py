@@ -182,6 +182,9 @@ def readings(src: SourceLayer) -> list[Reading]:
         return out
     for form, naming, units in T.keras_readings(src.shapes, src.cls, src.cfg):
         out.append(Reading(src, units, naming, form))
+    if not out and src.cls is None and not any("/" in k for k in src.keys.values()):
+        # torch parameters of no layer class (a ViT's cls_token and pos_embed): taken as they are
+        out.append(Reading(src, [T.opaque(src.shapes)], {v: v for v in src.keys}, None))
     return out
 
 

@@ -20,6 +20,8 @@ from .errors import RulesError
 from .limits import memory_limit, tensor_too_big
 from .rules.ops import (AddScalar, Cast, Chunk, Constant, Depthwise, FlattenOrder, Op, OpError, Pad, ReorderBlocks,
                         Reshape, Slice, Transpose, tensor_seed)
+from .rules.channels import Fresh, InChannels, Select, Selection
+from .rules.resample import ResamplePosEmbed, ResizeKernel, square_grid
 from .rules.schema import Rule
 from .target import Target
 from .tensors import TensorMeta, fmt_shape
@@ -231,6 +233,10 @@ class _Planner:
             return changes, keys, f"add {s.key}"
         if op == "split":
             return self._split(rule)
+        if op == "num_classes":
+            return self._num_classes(rule)
+        if op == "channels":
+            return self._channels(rule)
         # tensor ops
         names = self.select(rule, s.keys, required=not (op == "cast" and s.keys is None))
         if op == "pad" and s.fill == "default":
@@ -279,6 +285,197 @@ class _Planner:
         changes = [f"{s.key} {fmt_shape(e.meta.shape)} -> {n} {fmt_shape(p.meta.shape)}" for n, p in parts.items()]
         return changes, list(parts), f"split {s.key} into {len(parts)} along axis {s.axis}"
 
+    # -- layer rules: several tensors change together ----------------------------------------
+    def _layer_tensors(self, rule: Rule, layer: str) -> list[str]:
+        names = [n for n in self.entries if L.layer_of(n) == layer]
+        if not names:
+            layers = list(dict.fromkeys(L.layer_of(n) for n in self.entries))
+            m = difflib.get_close_matches(layer, layers, n=3, cutoff=0.3)
+            raise self.err(rule, f"no layer {layer!r}", f"closest layers: {', '.join(m)}" if m else
+                           f"layers look like: {', '.join(layers[:3])}")
+        return names
+
+    def _weight(self, rule: Rule, layer: str) -> str:
+        for var in ("weight", "kernel"):
+            for sep in ("." , "/"):
+                n = L.join_key(layer, var, sep)
+                if n in self.entries and self.entries[n].meta.rank >= 1:
+                    return n
+        raise self.err(rule, f"layer {layer!r} has no weight")
+
+    def _kind(self, layer: str, name: str) -> str:
+        """The torch class of a layer: the target's, else the file's class, else read from shapes."""
+        tl = self.target.layers.get(layer) if self.target is not None else None
+        if tl is not None:
+            return tl.kind
+        cls = self.class_of(name)
+        if cls:
+            return cls
+        local = {L.split_key(n)[1]: e.meta for n, e in self.entries.items() if L.layer_of(n) == layer}
+        return L.infer_layer(layer, local).kind
+
+    def _refuse_grouped(self, rule: Rule, name: str) -> None:
+        layer = L.layer_of(name)
+        tl = self.target.layers.get(layer) if self.target is not None else None
+        groups = (tl.attrs.get("groups") or 1) if tl is not None else 1
+        if groups > 1 or (self.class_of(name) or "").startswith(("DepthwiseConv", "SeparableConv")):
+            raise self.err(rule, f"{name}: a grouped convolution (groups={groups if groups > 1 else 'C'}) reads "
+                           "each input channel in its own group: its input channels cannot be adapted "
+                           "without changing its groups")
+
+    def _apply(self, rule: Rule, items: list[tuple[str, Op]]) -> list[str]:
+        """Append one op to each named tensor, validating shapes; returns the changes."""
+        changes = []
+        for n, op in items:
+            e = self.entries[n]
+            try:
+                new = op.shape(e.meta)
+            except OpError as ex:
+                raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
+            self.check_size(rule, n, e.meta, new, op)
+            if new != e.meta:
+                changes.append(f"{n} {fmt_shape(e.meta.shape)} -> {fmt_shape(new.shape)}")
+            e.ops.append(op)
+            e.meta = new
+        return changes
+
+    def _num_classes(self, rule: Rule) -> tuple[list[str], list[str], str]:
+        s = rule.spec
+        names = self._layer_tensors(rule, s.layer)
+        w = self._weight(rule, s.layer)
+        wm = self.entries[w].meta
+        ax = s.axis
+        if not -wm.rank <= ax < wm.rank:
+            raise self.err(rule, f"{w} {fmt_shape(wm.shape)} has no axis {ax}")
+        old = wm.shape[ax]
+        members = [n for n in names if n == w or (self.entries[n].meta.rank == 1 and self.entries[n].meta.shape[0] == old)]
+        for c in s.coupled or []:
+            if c not in self.entries:
+                raise self.err(rule, f"coupled tensor {c!r} does not exist", _close(c, self.entries))
+            m = self.entries[c].meta
+            if m.rank == 0 or m.shape[0] != old:
+                raise self.err(rule, f"coupled tensor {c} {fmt_shape(m.shape)}: its axis 0 is not the {old} classes")
+            members.append(c)
+        fan = L.fan_in(wm.shape) if ax == 0 else L.fan_in(tuple(s.size if i == ax else d for i, d in enumerate(wm.shape)))
+        if s.keep is not None:
+            bad = [k for k in s.keep if k >= old]
+            if bad:
+                raise self.err(rule, f"keep: class {bad[0]} is out of range for the {old} classes of {w}")
+        items: list[tuple[str, Op]] = []
+        for n in dict.fromkeys(members):
+            a = ax if n == w else 0
+            if s.keep is not None:
+                items.append((n, Slice(a, index=tuple(s.keep))))
+            elif s.size < old:
+                items.append((n, Slice(a, stop=s.size)))
+            elif s.size > old:
+                items.append((n, Pad(a, s.size, "zeros" if s.reinit else s.fill, seed=tensor_seed(s.seed, n), fan_in=fan)))
+            if s.reinit:
+                items.append((n, Fresh("default", tensor_seed(s.seed, n), fan)))
+        how = ("re-initialised (PyTorch init)" if s.reinit else f"classes {s.keep}" if s.keep is not None else
+               f"the first {s.size}" if s.size < old else f"new rows {s.fill}" if s.size > old else "unchanged")
+        changes = self._apply(rule, items)
+        return changes, list(dict.fromkeys(members)), f"{s.layer}: {old} -> {s.size} classes ({how})"
+
+    def _channels(self, rule: Rule) -> tuple[list[str], list[str], str]:
+        s = rule.spec
+        self._layer_tensors(rule, s.layer)
+        w = self._weight(rule, s.layer)
+        kind = self._kind(s.layer, w)
+        wm = self.entries[w].meta
+        if wm.rank < 2:
+            raise self.err(rule, f"{s.layer} ({kind}) has no output channels to change (its weight is {fmt_shape(wm.shape)})")
+        out_ax = 1 if kind.startswith("ConvTranspose") else 0
+        old = wm.shape[out_ax]
+        readers = s.then if s.then is not None else self._readers(rule, s.layer)
+        # (name, axis, role, block): role out = the producer, norm weight/var = 1, zero = zeros
+        members: list[tuple[str, int, str, int]] = [(w, out_ax, "out", 1)]
+        for n in self._layer_tensors(rule, s.layer):
+            if n != w and self.entries[n].meta.rank == 1 and self.entries[n].meta.shape[0] == old:
+                members.append((n, 0, "out", 1))
+        for r in readers:
+            members += self._reader_members(rule, r, old)
+        if s.keep is not None:
+            bad = [k for k in s.keep if k >= old]
+            if bad:
+                raise self.err(rule, f"keep: channel {bad[0]} is out of range for the {old} channels of {s.layer}")
+        sel = None
+        if s.by == "l1" and s.size < old:
+            e = self.entries[w]
+            sel = Selection(w, e.source, tuple(e.ops), out_ax, s.size) if e.source is not None else None
+            if sel is None:
+                raise self.err(rule, f"{w} is made by the rules, not read: its L1 norms are not known")
+        fan = L.fan_in(tuple(s.size if i == out_ax else d for i, d in enumerate(wm.shape)))
+        items: list[tuple[str, Op]] = []
+        for n, ax, role, block in members:
+            size = self.entries[n].meta.shape[ax] // old * s.size if block > 1 else s.size
+            if s.size < old:
+                if sel is not None:
+                    items.append((n, Select(ax, sel, block)))
+                else:
+                    from .rules.channels import blocks
+
+                    idx = tuple(blocks(s.keep if s.keep is not None else range(s.size), block))
+                    items.append((n, Slice(ax, index=idx) if s.keep is not None else Slice(ax, stop=size)))
+            elif s.size > old:
+                if role == "out":
+                    items.append((n, Pad(ax, size, s.fill, seed=tensor_seed(s.seed, n), fan_in=fan)))
+                elif role == "one":
+                    items.append((n, Pad(ax, size, "constant", value=1.0)))
+                else:
+                    items.append((n, Pad(ax, size, "zeros")))
+        how = ("largest L1 norm" if sel is not None else f"channels {s.keep}" if s.keep is not None else
+               "the first" if s.size < old else f"new channels {s.fill}, read with zero weights")
+        changes = self._apply(rule, items)
+        chain = ", ".join([s.layer, *readers])
+        return changes, [n for n, *_ in members], f"{s.layer}: {old} -> {s.size} channels ({how}) through {chain}"
+
+    def _readers(self, rule: Rule, layer: str) -> list[str]:
+        module = self.target.module if self.target is not None else None
+        if module is None:
+            raise self.err(rule, f"which layers read {layer}'s channels is not known: give then: [...] (or a "
+                           "target model, whose graph shows them)")
+        from .trace import channel_readers
+
+        found, why = channel_readers(module, layer)
+        if why:
+            raise self.err(rule, f"the target's graph: {why}")
+        if not found:
+            raise self.err(rule, f"the target's graph shows no layer reading {layer}'s channels: give then: [...]")
+        return found
+
+    def _reader_members(self, rule: Rule, layer: str, old: int) -> list[tuple[str, int, str, int]]:
+        names = self._layer_tensors(rule, layer)
+        w = next((n for n in names if L.split_key(n)[1] in ("weight", "kernel", "gamma")), names[0])
+        kind = self._kind(layer, w)
+        local = {L.split_key(n)[1]: n for n in names}
+        if kind.startswith(("BatchNorm", "InstanceNorm")) or kind == "?" and all(
+                self.entries[n].meta.rank <= 1 for n in names):
+            out = []
+            for var, n in local.items():
+                m = self.entries[n].meta
+                if m.rank == 1 and m.shape[0] == old:
+                    out.append((n, 0, "one" if var in ("weight", "running_var", "gamma", "moving_variance") else "zero", 1))
+            if not out:
+                raise self.err(rule, f"{layer} ({kind}) holds no per-channel tensor of {old}")
+            return out
+        if kind in ("LayerNorm", "GroupNorm"):
+            raise self.err(rule, f"{layer} ({kind}) normalises across channels: its statistics change with "
+                           "the width, so it cannot follow a width change unchanged")
+        wm = self.entries[w].meta
+        if wm.rank >= 3 and wm.shape[1] == 1 and wm.shape[0] == old and kind.startswith("Conv") and \
+                not (self.target is not None and layer in self.target.layers
+                     and (self.target.layers[layer].attrs.get("groups") or 1) == 1):
+            return [(n, 0, "zero", 1) for n in names if self.entries[n].meta.rank >= 1
+                    and self.entries[n].meta.shape[0] == old]  # depthwise: channels pass through
+        ax = 0 if kind.startswith("ConvTranspose") else 1
+        if wm.rank < 2:
+            raise self.err(rule, f"{layer} ({kind}) does not read channels (its weight is {fmt_shape(wm.shape)})")
+        n_in = wm.shape[ax]
+        if n_in % old:
+            raise self.err(rule, f"{w} {fmt_shape(wm.shape)} reads {n_in} inputs, not a multiple of {old} channels")
+        return [(w, ax, "zero", n_in // old)]
+
     def _rename_map(self, rule: Rule) -> dict[str, str]:
         s = rule.spec
         if s.map is None:
@@ -326,6 +523,20 @@ class _Planner:
             return FlattenOrder(tuple(s.dims), s.axis, layouts.parse(s.layout), s.layout)
         if rule.op == "reorder_blocks":
             return ReorderBlocks(tuple(s.order), s.axis)
+        if rule.op == "in_channels":
+            self._refuse_grouped(rule, name)
+            return InChannels(s.size, s.mode, s.axis, tuple(sorted((j, tuple(v) if isinstance(v, list) else (v,))
+                                                                  for j, v in (s.map or {}).items())), s.fill)
+        if rule.op == "resize_kernel":
+            return ResizeKernel(tuple(s.size), s.method, s.interpolation, s.antialias)
+        if rule.op == "resample_pos_embed":
+            old = tuple(s.from_) if s.from_ is not None else None
+            if old is None and meta.rank in (2, 3):
+                old = square_grid(meta.shape[meta.rank - 2], s.prefix_tokens)
+                if old is None:
+                    raise OpError(f"{meta.shape[meta.rank - 2]} tokens less {s.prefix_tokens} prefix token(s) "
+                                  "are not a square grid: give from: [h, w]")
+            return ResamplePosEmbed(old or (0, 0), tuple(s.to), s.prefix_tokens, s.method, s.antialias)
         if rule.op == "bn_eps":
             return AddScalar(s.from_eps - s.to_eps)
         if rule.op == "reshape":

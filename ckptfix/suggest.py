@@ -299,17 +299,43 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
     """Pairs whose sizes differ (diagnose.size_cause: the same reading diff and explain give),
     target layers nothing fills, source tensors nothing takes."""
     last = max((p.targets[-1].index for p in m.pairs), default=None)
-    first = min((p.targets[0].index for p in m.pairs), default=None)
-    for p in m.pairs:
-        if p.how != "near":
-            continue
+    first = min((p.targets[0].index for p in m.pairs if p.targets[0].kind in T.TORCH), default=None)
+    pos_embed = [n for n in target.tensors if D.POS_NAMES.search(n)]
+    near = sorted((p for p in m.pairs if p.how == "near"), key=lambda p: p.targets[0].index)
+    shapes = {}
+    for p in near:
         t = p.targets[0]
         have = {k: got for k, got, _ in p.differs}
+        shapes[t.module] = ({k: have.get(k, t.shapes[v]) for v, k in t.keys.items()},
+                            {k: t.shapes[v] for v, k in t.keys.items()})
+    chains, covered = D.width_chains([p.targets[0].module for p in near], shapes)
+    for c in chains:
+        for r in c.rules:
+            op, body = next(iter(r.items()))
+            rules.add(op, body, f"review: {c.message}")
+    for p in near:
+        t = p.targets[0]
+        if t.module in covered:
+            continue
+        have = {k: got for k, got, _ in p.differs}
         want = {k: w for k, _, w in p.differs}
+        pos = D.pos_embed_causes({k: (have[k], want[k]) for k in have}, {k: m.shape for k, m in target.tensors.items()})
+        for c in pos:
+            if not c.fixable:
+                rules.problems.append(c.message)
+            for r in c.rules:
+                op, body = next(iter(r.items()))
+                rules.add(op, body, f"review: {c.message}")
+            for n in c.names:
+                have.pop(n)
+                want.pop(n)
+        if not have:
+            continue
         for v, k in t.keys.items():  # the layer's other tensors, for reading it
             have.setdefault(k, t.shapes[v])
             want.setdefault(k, t.shapes[v])
-        cause = D.size_cause(t.module, have, want, t.index == first, t.index == last)
+        cause = D.size_cause(t.module, have, want, t.index == first, t.index == last,
+                             patch=bool(pos_embed) or "patch" in t.module)
         if not cause.fixable:
             rules.problems.append(f"{cause.message}: no rule makes these weights compute the same thing")
             continue

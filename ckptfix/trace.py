@@ -425,3 +425,96 @@ def keras_input_shape(config) -> tuple[int, ...] | None:
 
 
 __all__ = ["trace", "Trace", "Flatten", "keras_flattens", "keras_input_shape"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Who reads a layer's output channels (for coupled width changes)
+
+PER_CHANNEL = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+READS_CHANNELS = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear")
+
+
+def is_depthwise(m) -> bool:
+    """A conv whose every channel is its own group, one filter each (channels pass through)."""
+    g = getattr(m, "groups", 1)
+    return type(m).__name__.startswith("Conv") and g > 1 and g == m.in_channels == m.out_channels
+
+
+def channel_readers(model, layer: str) -> tuple[list[str], str | None]:
+    """The layers that read ``layer``'s output channels, from the fx graph: downstream through
+    ops that keep channels apart (activations, pooling, dropout, flatten, reshapes), per-channel
+    layers (BatchNorm, InstanceNorm, depthwise convs) pass the channels on and are listed; convs
+    and Linears read them and end the walk. Returns ``(readers, None)``, or ``([], why)`` when the
+    channels meet another tensor (a residual add, a concat), reach the output, reach a layer that
+    mixes channels in another way (LayerNorm, GroupNorm), or fx cannot trace the model."""
+    import torch
+
+    modules = dict(model.named_modules())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - any model code can fail to trace
+        return [], f"torch.fx could not trace the model ({type(e).__name__})"
+    starts = [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == layer]
+    if not starts:
+        return [], f"the model's forward pass never calls {layer}"
+    found: list[str] = []
+    todo, seen = list(starts), set()
+    while todo:
+        node = todo.pop(0)
+        for user in node.users:
+            if user in seen or _shape_only(user):
+                continue
+            seen.add(user)
+            if user.op == "output":
+                return [], f"{layer}'s channels reach the model's output (they are its outputs)"
+            others = [a for a in _node_args(user) if a is not node and a not in seen]
+            if user.op == "call_module":
+                m = modules.get(str(user.target))
+                kind = type(m).__name__
+                has_params = any(True for _ in m.parameters(recurse=False)) if m is not None else False
+                if kind in PER_CHANNEL or (m is not None and is_depthwise(m)):
+                    found.append(str(user.target))
+                    todo.append(user)
+                elif kind in READS_CHANNELS:
+                    found.append(str(user.target))
+                elif has_params or list(m.children()):
+                    return [], f"{user.target} ({kind}) reads {layer}'s channels and is not a per-channel layer"
+                else:
+                    todo.append(user)  # ReLU, MaxPool, Dropout, Flatten, ...
+                continue
+            if others:
+                what = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", user.name)
+                return [], f"{layer}'s channels meet another tensor at {what} ({user.name}): a residual add or " \
+                           "a concat; declare the coupled layers with then:"
+            todo.append(user)
+    return found, None
+
+
+def _node_args(node) -> list:
+    """The tensors among ``node``'s arguments: fx nodes, less shape queries (``x.size(0)``, ...)."""
+    import torch
+
+    out: list = []
+    torch.fx.map_arg((node.args, node.kwargs), out.append)
+    return [a for a in out if not _shape_only(a)]
+
+
+def _shape_only(n, depth: int = 0) -> bool:
+    """Whether fx node ``n`` is a size, not a tensor: ``x.size()``, ``x.shape``, ``x.dim()`` and
+    arithmetic or indexing on them."""
+    if depth > 16:
+        return False
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if n.op == "call_method" and name in ("size", "dim", "numel"):
+        return True
+    if n.op == "call_function" and name == "getattr" and len(n.args) > 1 and n.args[1] in ("shape", "ndim"):
+        return True
+    if n.op == "call_function" and name in ("getitem", "mul", "add", "sub", "floordiv", "truediv"):
+        import torch
+
+        args: list = []
+        torch.fx.map_arg(n.args, args.append)
+        return bool(args) and all(_shape_only(a, depth + 1) for a in args)
+    return False

@@ -106,3 +106,53 @@ class RenamedTimmLike(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x).mean((2, 3)))
+
+
+class TinyViT(nn.Module):
+    """A ViT as timm builds one, small: patch embedding conv (stride = patch), class token (and
+    ``reg`` register tokens), absolute position embedding over the grid, one block, a head."""
+
+    def __init__(self, img_size=(32, 32), patch_size: int = 8, in_chans: int = 3, num_classes: int = 10,
+                 dim: int = 16, reg_tokens: int = 0):
+        super().__init__()
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.grid = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, dim)) if reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + reg_tokens + self.grid[0] * self.grid[1], dim))
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
+        x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        x = x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+        return self.head(x[:, 0])
+
+
+class WideCNN(nn.Module):
+    """A plain CNN whose widths are arguments: coupled width changes (conv -> BN -> conv, a
+    depthwise conv, a Linear reading a flattened map)."""
+
+    def __init__(self, in_chans: int = 3, w1: int = 8, w2: int = 16, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, w1, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(w1)
+        self.dw = nn.Conv2d(w1, w1, 3, padding=1, groups=w1)
+        self.conv2 = nn.Conv2d(w1, w2, 3)
+        self.bn2 = nn.BatchNorm2d(w2)
+        self.fc = nn.Linear(w2 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.dw(x))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = nn.functional.adaptive_avg_pool2d(x, 4)
+        return self.fc(torch.flatten(x, 1))

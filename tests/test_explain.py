@@ -83,7 +83,8 @@ def test_num_classes_cause():
     info = explain(error_of(nets.SmallNet(num_classes=5), sd))
     (c,) = info["causes"]
     assert c["kind"] == "num_classes" and "10 -> 5" in c["message"]
-    assert c["rules"] == [{"slice": {"keys": "^(fc\\.weight|fc\\.bias)$", "axis": 0, "stop": 5}}]
+    assert c["rules"] == [{"num_classes": {"layer": "fc", "size": 5}}]
+    assert "keeps the first 5 classes" in c["message"]
 
 
 def test_input_channels_cause():
@@ -95,7 +96,9 @@ def test_input_channels_cause():
     info = explain(error_of(Gray(), nets.SmallNet().state_dict()))
     (c,) = info["causes"]
     assert c["kind"] == "in_channels" and "3 -> 1" in c["message"]
-    assert c["rules"][0]["slice"]["axis"] == 1 and c["rules"][0]["slice"]["stop"] == 1
+    # timm's adapt_input_conv for in_chans=1: the sum over RGB
+    assert c["rules"] == [{"in_channels": {"keys": "^conv1\\.weight$", "size": 1, "mode": "sum"}}]
+    assert "a gray image gives exactly the activations" in c["message"]
 
 
 def test_tensorflow_layout_cause():
@@ -116,12 +119,15 @@ def test_a_wider_variant_is_a_width_cause_per_layer():
             self.conv2 = nn.Conv2d(16 * w, 32 * w, 3)
             self.fc = nn.Linear(32 * w, 10)
 
-    """A width multiplier (every layer twice as wide) is a width cause per layer, each fixable by
-    zero padding (marked review): zero-padded channels compute nothing, so the old outputs stay."""
+    """A width multiplier (every layer twice as wide) is one coupled width change per producer
+    (conv1 read by conv2, conv2 read by fc), each a `channels` rule marked review: the new channels
+    start at zero and are read with zero weights, so the old outputs stay."""
     info = explain(error_of(Wide(2), Wide(1).state_dict()))
-    assert [c["kind"] for c in info["causes"]] == ["channels"] * 3
+    assert [c["kind"] for c in info["causes"]] == ["channels"] * 2
     assert all(c["fixable"] and c["review"] for c in info["causes"])
-    assert "different model variant" not in info["rules_yaml"] and info["rules_yaml"].count("- pad:") == 4
+    assert [c["rules"] for c in info["causes"]] == [[{"channels": {"layer": "conv1", "size": 32, "then": ["conv2"]}}],
+                                                    [{"channels": {"layer": "conv2", "size": 64, "then": ["fc"]}}]]
+    assert "different model variant" not in info["rules_yaml"] and "outputs are unchanged" in info["rules_yaml"]
 
 
 def test_kernel_size_variant():

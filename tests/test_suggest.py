@@ -114,9 +114,9 @@ def test_timm_style_in_chans_classes_renames_and_extras_at_once(cli, tmp_path):
     assert cli("apply", ckpt, "-r", rules, "-o", out).exit_code == 0
     model = nets.TimmLike(1, 5)
     model.load_state_dict(load_file(out), strict=True)
-    # what the review rules did: the first input channel and the first five classes, the rest as is
+    # what the review rules did: RGB summed (timm's adapt_input_conv) and the first five classes, the rest as is
     got = load_file(out)
-    assert torch.equal(got["stem.0.weight"], sd["features.0.weight"][:, :1])
+    torch.testing.assert_close(got["stem.0.weight"], sd["features.0.weight"].sum(1, keepdim=True), rtol=0, atol=1e-6)
     assert torch.equal(got["head.weight"], sd["classifier.weight"][:5])
     assert torch.equal(got["blocks.0.weight"], sd["features.3.weight"])
     assert torch.equal(got["stem.1.running_var"], sd["features.1.running_var"])

@@ -211,6 +211,109 @@ class SplitOp(_Model):
         return self
 
 
+class InChannelsOp(_Model):
+    """A conv's input channels from C to ``size`` (grayscale, multispectral): ``mode: sum`` (to 1,
+    as timm: a gray image gives the same activations), ``repeat`` (as timm for 3 -> N: cycled and
+    scaled by C/N), ``keep`` (the old channels kept, new ones from ``map`` or ``fill``). Apply to
+    the PyTorch-layout weight (O, I, ...): ``axis`` 1."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+    size: int = Field(ge=1, description="the new number of input channels")
+    mode: Literal["keep", "sum", "repeat"] = "keep"
+    map: dict[int, Union[Annotated[int, Field(ge=0)], list[Annotated[int, Field(ge=0)]]]] | None = Field(
+        None, description="mode keep: new channel -> source channel (or a list, summed), e.g. {3: 0}: NIR from red")
+    fill: Literal["zeros", "mean"] = Field("zeros", description="mode keep: new channels the map does not name")
+    axis: int = 1
+
+    @model_validator(mode="after")
+    def _mode_fields(self):
+        if self.mode != "keep" and (self.map is not None or self.fill != "zeros"):
+            raise ValueError("map and fill go with mode: keep")
+        return self
+
+
+class NumClassesOp(_Model):
+    """A classifier head's class count: its weight's and bias's ``axis`` (0 in PyTorch layout)
+    and any ``coupled`` tensors' change together. Smaller: the first ``size`` classes, or ``keep``
+    (class indices in their new order). Larger: the old classes kept, new rows drawn as PyTorch
+    initialises the layer (``fill: default``, seeded) or zeros. ``reinit: true`` draws all rows afresh."""
+
+    layer: str = Field(min_length=1, description="the head layer's name (its .weight and .bias change)")
+    size: int = Field(ge=1, description="the new number of classes")
+    keep: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="class indices to keep, in the new order")
+    fill: Literal["default", "zeros"] = Field("default", description="rows for new classes")
+    reinit: bool = False
+    seed: int = 0
+    coupled: list[str] | None = Field(None, description="exact names of other tensors whose axis 0 is the classes")
+    axis: int = 0
+
+    @model_validator(mode="after")
+    def _forms(self):
+        if self.keep is not None and self.reinit:
+            raise ValueError("give keep or reinit, not both")
+        if self.keep is not None and len(self.keep) != self.size:
+            raise ValueError(f"keep lists {len(self.keep)} classes, size says {self.size}")
+        if self.keep is not None and len(set(self.keep)) != len(self.keep):
+            raise ValueError("keep lists a class twice")
+        return self
+
+
+class ChannelsOp(_Model):
+    """Grow or prune a layer's output channels, with everything that reads them: its bias, the
+    norms after it (all their per-channel tensors) and the next layers' input channels (``then``:
+    declared, or read from the target's graph). Growing: the producer's new channels are ``fill``
+    (zeros, or PyTorch's init), the norms' new slots a fresh norm's (weight 1, bias 0, mean 0,
+    var 1) and the readers' new input weights zeros, so the network's outputs are unchanged.
+    Pruning: ``keep`` (indices), ``by: l1`` (the channels whose filters have the largest L1 norm),
+    or else the first ``size``."""
+
+    layer: str = Field(min_length=1, description="the layer whose output channels change")
+    size: int = Field(ge=1, description="the new number of channels")
+    then: list[str] | None = Field(None, description="the layers reading those channels, in order "
+                                   "(norms, depthwise convs, then convs/Linears); default: from the target's graph")
+    keep: list[Annotated[int, Field(ge=0)]] | None = Field(None, description="channels to keep, in order")
+    by: Literal["l1"] | None = Field(None, description="l1: keep the channels with the largest L1 norm")
+    fill: Literal["zeros", "default"] = Field("zeros", description="the producer's new channels")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _forms(self):
+        if self.keep is not None and self.by is not None:
+            raise ValueError("give keep or by, not both")
+        if self.keep is not None and len(self.keep) != self.size:
+            raise ValueError(f"keep lists {len(self.keep)} channels, size says {self.size}")
+        if self.keep is not None and len(set(self.keep)) != len(self.keep):
+            raise ValueError("keep lists a channel twice")
+        return self
+
+
+class ResizeKernelOp(_Model):
+    """Resize conv kernels (O, I, kh, kw) to ``size``: ``method: pi`` (FlexiViT's PI-resize, as
+    timm resample_patch_embed: a patch resized with the image gives the same token) or plain
+    ``bicubic``/``bilinear`` interpolation."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    classes: list[str] | None = Field(None, description=CLASSES_DOC)
+    size: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=2, description="[kh, kw]")
+    method: Literal["pi", "bicubic", "bilinear"] = "pi"
+    interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="method pi: the resize it inverts")
+    antialias: bool = True
+
+
+class ResamplePosEmbedOp(_Model):
+    """Resample a ViT absolute position embedding (1, P + h*w, D) or (P + h*w, D) from one grid to
+    another, the ``prefix_tokens`` (class token, ...) kept, as timm resample_abs_pos_embed."""
+
+    keys: Keys = Field(description=KEYS_DOC)
+    to: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=2, description="the new grid [h, w]")
+    from_: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, alias="from", min_length=2, max_length=2, description="the old grid [h, w]; default: square")
+    prefix_tokens: int = Field(1, ge=0)
+    method: Literal["bicubic", "bilinear"] = "bicubic"
+    antialias: bool = True
+
+
 class BnEpsOp(_Model):
     """Fold an eps difference into BatchNorm running variances: running_var += from - to, so that
     a layer with eps ``to`` computes what the source computed with eps ``from``."""
@@ -262,6 +365,11 @@ OPS: dict[str, type[_Model]] = {
     "reorder_blocks": ReorderBlocksOp,
     "split": SplitOp,
     "bn_eps": BnEpsOp,
+    "in_channels": InChannelsOp,
+    "num_classes": NumClassesOp,
+    "channels": ChannelsOp,
+    "resize_kernel": ResizeKernelOp,
+    "resample_pos_embed": ResamplePosEmbedOp,
     "add": AddOp,
 }
 RULE_FIELDS = ("expect", "optional")
