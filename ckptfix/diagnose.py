@@ -156,7 +156,8 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
                     for ly in by_layer}
     chains, covered = width_chains([ly for ly in layer_order if ly in by_layer], layer_shapes)
     unfixable = []
-    for layer, names in by_layer.items():
+    in_order = [ly for ly in layer_order if ly in by_layer] + [ly for ly in by_layer if ly not in layer_order]
+    for layer in in_order:  # the model's order: the first layer's cause first
         if layer in covered:
             continue
         have, want = layer_shapes[layer]

@@ -405,9 +405,10 @@ class _Planner:
             sel = Selection(w, e.source, tuple(e.ops), out_ax, s.size) if e.source is not None else None
             if sel is None:
                 raise self.err(rule, f"{w} is made by the rules, not read: its L1 norms are not known")
-        fan = L.fan_in(tuple(s.size if i == out_ax else d for i, d in enumerate(wm.shape)))
         items: list[tuple[str, Op]] = []
         for n, ax, role, block in members:
+            lw = self.entries.get(self._weight(rule, L.layer_of(n)))
+            fan = L.fan_in(tuple(s.size if (i == out_ax and n == w) else d for i, d in enumerate(lw.meta.shape)))
             size = self.entries[n].meta.shape[ax] // old * s.size if block > 1 else s.size
             if s.size < old:
                 if sel is not None:
@@ -466,8 +467,8 @@ class _Planner:
         if wm.rank >= 3 and wm.shape[1] == 1 and wm.shape[0] == old and kind.startswith("Conv") and \
                 not (self.target is not None and layer in self.target.layers
                      and (self.target.layers[layer].attrs.get("groups") or 1) == 1):
-            return [(n, 0, "zero", 1) for n in names if self.entries[n].meta.rank >= 1
-                    and self.entries[n].meta.shape[0] == old]  # depthwise: channels pass through
+            return [(n, 0, "out", 1) for n in names if self.entries[n].meta.rank >= 1
+                    and self.entries[n].meta.shape[0] == old]  # depthwise: channels pass through, filled as the producer
         ax = 0 if kind.startswith("ConvTranspose") else 1
         if wm.rank < 2:
             raise self.err(rule, f"{layer} ({kind}) does not read channels (its weight is {fmt_shape(wm.shape)})")

@@ -1,0 +1,350 @@
+"""Fine-tuning changes on whole models: rules planned against a target, applied, loaded strictly,
+and the outputs compared with what the change promises (the old network's outputs, exactly in
+float64 where nothing is lost; a gray image's activations; a resized patch's token). Also what
+diff, explain and suggest propose for these changes, alone and together.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import nets
+from ckptfix import api
+from ckptfix.diagnose import diagnose
+from ckptfix.errors import RulesError
+from ckptfix.rules import parse_text
+from ckptfix.suggest import suggest
+from ckptfix.target import from_module
+
+NETS = "tests/nets.py"
+
+
+def _randomised(model: nn.Module, seed: int, dtype=torch.float64) -> nn.Module:
+    """Every parameter and BatchNorm statistic drawn (seeded), so nothing is trivially zero or one."""
+    g = torch.Generator().manual_seed(seed)
+    model = model.to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=dtype))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=dtype) + 0.5)
+    return model.eval()
+
+
+def _save(model: nn.Module, path) -> None:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def _apply(tmp_path, src_path, rules: str, target: nn.Module, name="out"):
+    out = tmp_path / f"{name}.safetensors"
+    res = api.apply_file(src_path, parse_text(rules), out, target=from_module(target, "target"))
+    assert res.ok, res.error
+    for step in res.steps:  # validated at every step: each touched layer holds the target's parameter count
+        assert all(ly["ok"] for ly in step.layers), step.layers
+    target.load_state_dict(load_file(out), strict=True)
+    return target.eval(), res
+
+
+def _x(shape, seed=1, dtype=torch.float64):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --- coupled width changes -------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer,kw,fill", [("conv1", {"w1": 12}, "zeros"), ("conv1", {"w1": 21}, "default"),
+                                           ("conv2", {"w2": 24}, "zeros"), ("conv2", {"w2": 17}, "default")])
+def test_growing_keeps_the_outputs(tmp_path, layer, kw, fill):
+    """Readers from the target's graph (conv1 -> bn1 -> depthwise -> conv2; conv2 -> bn2 -> a
+    Linear over the flattened map): the grown network computes the old outputs (float64)."""
+    src = _randomised(nets.WideCNN(), 3)
+    _save(src, tmp_path / "a.safetensors")
+    size = next(iter(kw.values()))
+    model, res = _apply(tmp_path, tmp_path / "a.safetensors", f"rules:\n- channels: {{layer: {layer}, size: {size}, "
+                        f"fill: {fill}}}\n", nets.WideCNN(**kw).double())
+    x = _x((3, 3, 9, 9))
+    torch.testing.assert_close(model(x), src(x), rtol=1e-12, atol=1e-12)
+    assert res.params == sum(p.numel() for p in model.parameters())
+    new = model.state_dict()[f"{layer}.weight"][-1]
+    assert (new == 0).all() if fill == "zeros" else (new != 0).all()   # default: trainable new filters
+
+
+def test_growing_then_training_the_new_channels_changes_outputs_only_through_the_readers(tmp_path):
+    """Zero reader weights are what keeps the outputs: give them a value and the outputs move."""
+    src = _randomised(nets.WideCNN(), 4)
+    _save(src, tmp_path / "a.safetensors")
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- channels: {layer: conv1, size: 10, fill: default}\n",
+                      nets.WideCNN(w1=10).double())
+    x = _x((2, 3, 9, 9))
+    before = model(x)
+    with torch.no_grad():
+        model.conv2.weight[:, 8:] = 0.1
+    assert not torch.allclose(model(x), before)
+
+
+def _pruned_reference(src: nets.WideCNN, idx: list[int]) -> nets.WideCNN:
+    ref = nets.WideCNN(w1=len(idx)).double().eval()
+    sd = src.state_dict()
+    i = torch.tensor(idx)
+    new = {k: v for k, v in sd.items()}
+    for k in ("conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+              "dw.weight", "dw.bias"):
+        new[k] = sd[k][i]
+    new["conv2.weight"] = sd["conv2.weight"][:, i]
+    ref.load_state_dict(new)
+    return ref
+
+
+@pytest.mark.parametrize("how", ["first", "keep", "l1"])
+def test_pruning_keeps_the_same_channels_everywhere(tmp_path, how):
+    src = _randomised(nets.WideCNN(), 5)
+    _save(src, tmp_path / "a.safetensors")
+    norms = src.conv1.weight.abs().sum((1, 2, 3))
+    idx = {"first": [0, 1, 2, 3, 4], "keep": [6, 0, 3, 7, 1],
+           "l1": sorted(torch.topk(norms, 5).indices.tolist())}[how]
+    extra = {"first": "", "keep": ", keep: [6, 0, 3, 7, 1]", "l1": ", by: l1"}[how]
+    model, res = _apply(tmp_path, tmp_path / "a.safetensors", f"rules:\n- channels: {{layer: conv1, size: 5{extra}}}\n",
+                        nets.WideCNN(w1=5).double())
+    assert res.fits and res.params == sum(p.numel() for p in model.parameters())
+    ref = _pruned_reference(src, idx)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert "conv1: 8 -> 5 channels" in res.steps[0].summary
+
+
+def test_pruning_a_map_read_by_a_linear_moves_whole_channels(tmp_path):
+    """conv2's 16 channels reach fc as a flattened 16 x 4 x 4 map: keeping channels [3, 9] keeps
+    fc's features 3*16..3*16+15 and 9*16..9*16+15 (PyTorch flattens NCHW channel-major)."""
+    src = _randomised(nets.WideCNN(), 6)
+    _save(src, tmp_path / "a.safetensors")
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- channels: {layer: conv2, size: 2, keep: [9, 3]}\n",
+                      nets.WideCNN(w2=2).double())
+    feats = [c * 16 + j for c in (9, 3) for j in range(16)]
+    assert torch.equal(model.fc.weight, src.fc.weight[:, feats])
+    assert torch.equal(model.bn2.running_var, src.bn2.running_var[[9, 3]])
+
+
+def test_l1_pruning_through_the_cli_and_a_dry_run(tmp_path, cli):
+    src = _randomised(nets.WideCNN(), 7, torch.float32)
+    _save(src, tmp_path / "a.safetensors")
+    rules = tmp_path / "r.yaml"
+    rules.write_text(f"target: {NETS}:WideCNN\ntarget_kwargs: {{w2: 6}}\nrules:\n- channels: {{layer: conv2, size: 6, by: l1}}\n")
+    dry = cli("apply", tmp_path / "a.safetensors", "-r", rules, "--dry-run")
+    assert dry.exit_code == 0, dry.stdout
+    r = cli("apply", tmp_path / "a.safetensors", "-r", rules, "-o", tmp_path / "o.safetensors")
+    assert r.exit_code == 0, r.stdout
+    got = load_file(tmp_path / "o.safetensors")
+    idx = sorted(torch.topk(src.conv2.weight.abs().double().sum((1, 2, 3)), 6).indices.tolist())
+    assert torch.equal(got["conv2.weight"], src.conv2.weight[idx])
+    assert torch.equal(got["fc.weight"], src.fc.weight[:, [c * 16 + j for c in idx for j in range(16)]])
+
+
+class Residual(nn.Module):
+    def __init__(self, w=8):
+        super().__init__()
+        self.a = nn.Conv2d(3, w, 3, padding=1)
+        self.b = nn.Conv2d(w, w, 3, padding=1)
+        self.head = nn.Linear(w, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x + self.b(torch.relu(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_residual_add_is_refused_unless_declared(tmp_path):
+    _save(_randomised(Residual(), 8), tmp_path / "a.safetensors")
+    res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- channels: {layer: a, size: 10}\n"),
+                         tmp_path / "o.safetensors", target=from_module(Residual(10), "t"))
+    assert not res.ok and "meet another tensor at add" in res.error and "then:" in res.error
+    assert not (tmp_path / "o.safetensors").exists()
+    res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- channels: {layer: b, size: 10}\n"),
+                         tmp_path / "o.safetensors", target=from_module(Residual(10), "t"))
+    assert not res.ok and "meet another tensor" in res.error
+
+
+def test_norms_across_channels_and_unknown_layers_are_refused(tmp_path):
+    class LN(nn.Module):
+        def __init__(self, w=8):
+            super().__init__()
+            self.fc1, self.ln, self.fc2 = nn.Linear(4, w), nn.LayerNorm(w), nn.Linear(w, 2)
+
+        def forward(self, x):
+            return self.fc2(self.ln(self.fc1(x)))
+
+    _save(LN(), tmp_path / "a.safetensors")
+    res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- channels: {layer: fc1, size: 10}\n"),
+                         tmp_path / "o.safetensors", target=from_module(LN(10), "t"))
+    assert not res.ok and "ln (LayerNorm) reads fc1's channels and is not a per-channel layer" in res.error
+    with pytest.raises(RulesError, match="no layer .fc3. \\(closest layers: fc2, fc1\\)"):
+        api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- channels: {layer: fc3, size: 10, then: [fc2]}\n"),
+                       None, dry_run=True, raise_on_error=True)
+
+
+# --- input channels and classes ----------------------------------------------------------------
+
+def test_in_channels_refuses_a_grouped_conv(tmp_path):
+    class G(nn.Module):
+        def __init__(self, c=4):
+            super().__init__()
+            self.conv = nn.Conv2d(c, 8, 3, groups=2 if c % 2 == 0 else 1)
+
+    _save(G(), tmp_path / "a.safetensors")
+    res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- in_channels: {keys: conv.weight, size: 6}\n"),
+                         tmp_path / "o.safetensors", target=from_module(G(6), "t"))
+    assert not res.ok and "grouped convolution (groups=2)" in res.error
+
+
+def test_num_classes_keep_reinit_grow_and_coupled(tmp_path):
+    src = _randomised(nets.TimmLike(3, 10), 9)
+    _save(src, tmp_path / "a.safetensors")
+    x = _x((2, 3, 6, 6))
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- num_classes: {layer: head, size: 3, keep: [7, 2, 9]}\n",
+                      nets.TimmLike(3, 3).double())
+    torch.testing.assert_close(model(x), src(x)[:, [7, 2, 9]], rtol=1e-12, atol=1e-12)
+    grown, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- num_classes: {layer: head, size: 13, seed: 4}\n",
+                      nets.TimmLike(3, 13).double(), "grown")
+    torch.testing.assert_close(grown(x)[:, :10], src(x), rtol=1e-12, atol=1e-12)
+    bound = 1 / 16 ** 0.5   # PyTorch's Linear(16, n) init: uniform(-1/sqrt(16), 1/sqrt(16))
+    new_rows = grown.head.weight[10:]
+    assert new_rows.abs().max() <= bound and new_rows.abs().max() > 0
+    again, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- num_classes: {layer: head, size: 13, seed: 4}\n",
+                      nets.TimmLike(3, 13).double(), "again")
+    assert torch.equal(again.head.weight, grown.head.weight)   # seeded
+    fresh, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:\n- num_classes: {layer: head, size: 10, reinit: true}\n",
+                      nets.TimmLike(3, 10).double(), "fresh")
+    assert not torch.equal(fresh.head.weight, src.head.weight) and fresh.head.weight.abs().max() <= bound
+    assert torch.equal(fresh.blocks[0].weight, src.blocks[0].weight)
+    # a coupled tensor (a per-class table beside the head) follows the same classes
+    sd = {**src.state_dict(), "class_prior": torch.arange(10.0, dtype=torch.float64)}
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "b.safetensors"))
+    res = api.apply_file(tmp_path / "b.safetensors", parse_text(
+        "rules:\n- num_classes: {layer: head, size: 2, keep: [5, 1], coupled: [class_prior]}\n"), tmp_path / "c.safetensors")
+    assert res.ok, res.error
+    assert load_file(tmp_path / "c.safetensors")["class_prior"].tolist() == [5.0, 1.0]
+    bad = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- num_classes: {layer: head, size: 2, keep: [5, 10]}\n"),
+                         tmp_path / "d.safetensors")
+    assert not bad.ok and "class 10 is out of range for the 10 classes" in bad.error
+
+
+def test_grayscale_and_new_classes_together_from_suggest(tmp_path, cli):
+    """diff names both causes; suggest writes in_channels (sum) and num_classes; applied, the
+    model loads strictly and a gray image gives what its RGB copy gave, for the classes kept."""
+    src = _randomised(nets.TimmLike(3, 10), 10, torch.float32)
+    _save(src, tmp_path / "a.safetensors")
+    fit = api.diff(tmp_path / "a.safetensors", f"{NETS}:TimmLike", target_kwargs={"in_chans": 1, "num_classes": 4})
+    assert [c.kind for c in fit.causes] == ["in_channels", "num_classes"]
+    rules = tmp_path / "r.yaml"
+    r = cli("suggest", tmp_path / "a.safetensors", "--target", f"{NETS}:TimmLike", "--target-kwargs",
+            "{in_chans: 1, num_classes: 4}", "-o", rules)
+    assert r.exit_code == 0, r.stdout
+    text = rules.read_text()
+    assert "in_channels: {keys: ^stem\\.0\\.weight$, size: 1, mode: sum}" in text
+    assert "num_classes: {layer: head, size: 4}" in text and "a gray image gives exactly" in text
+    assert cli("apply", tmp_path / "a.safetensors", "-r", rules, "-o", tmp_path / "o.safetensors").exit_code == 0
+    model = nets.TimmLike(1, 4)
+    model.load_state_dict(load_file(tmp_path / "o.safetensors"), strict=True)
+    gray = _x((2, 1, 7, 7), dtype=torch.float32)
+    torch.testing.assert_close(model.eval()(gray), src(gray.expand(2, 3, 7, 7))[:, :4], rtol=1e-5, atol=1e-5)
+
+
+# --- resolution and patch size -----------------------------------------------------------------
+
+def _vit(seed=11, **kw):
+    return _randomised(nets.TinyViT(**kw), seed, torch.float32)
+
+
+def test_new_resolution_resamples_the_position_embedding(tmp_path):
+    src = _vit()
+    _save(src, tmp_path / "a.safetensors")
+    s = suggest(from_module(src, "a").tensors, from_module(nets.TinyViT(img_size=48), "b"))
+    assert s.fits and "resample_pos_embed: {keys: ^pos_embed$, from: [4, 4], to: [6, 6], prefix_tokens: 1}" in s.text
+    rules = s.text.split("rules:", 1)[1]
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:" + rules, nets.TinyViT(img_size=48))
+    assert torch.equal(model.pos_embed[:, 0], src.pos_embed[:, 0])       # the class token's position kept
+    grid = src.pos_embed[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(6, 6), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(model.pos_embed[:, 1:], want.permute(0, 2, 3, 1).reshape(1, 36, -1), rtol=0, atol=0)
+
+
+def test_patch_size_pi_resize_gives_the_same_outputs_on_resized_patches(tmp_path):
+    """ViT(patch 8, 32x32) on x, against ViT(patch 16, 64x64) with the PI-resized patch embedding
+    on x with each 8x8 patch resized to 16x16 (bicubic, antialias, as the resize it inverts): the
+    same 4x4 grid, so the same position embedding, and the same outputs (float32 arithmetic)."""
+    src = _vit(12)
+    _save(src, tmp_path / "a.safetensors")
+    fit = api.diff(tmp_path / "a.safetensors", from_module(nets.TinyViT(img_size=64, patch_size=16), "t"))
+    assert [c.kind for c in fit.causes] == ["patch_size"] and "gives the same token exactly" in fit.causes[0].message
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", fit.causes[0].rules and
+                      "rules:\n- resize_kernel: {keys: ^patch_embed\\.proj\\.weight$, size: [16, 16], method: pi}\n",
+                      nets.TinyViT(img_size=64, patch_size=16))
+    x = _x((2, 3, 32, 32), dtype=torch.float32)
+    patches = x.unfold(2, 8, 8).unfold(3, 8, 8)                      # (N, C, 4, 4, 8, 8)
+    up = F.interpolate(patches.reshape(-1, 1, 8, 8), size=(16, 16), mode="bicubic", antialias=True, align_corners=False)
+    big = up.reshape(2, 3, 4, 4, 16, 16).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(big), src(x), rtol=1e-4, atol=1e-4)
+
+
+def test_resolution_and_patch_size_together(tmp_path):
+    src = _vit(13)
+    _save(src, tmp_path / "a.safetensors")
+    tgt = nets.TinyViT(img_size=48, patch_size=4)                      # grid 4x4 -> 12x12, patch 8 -> 4
+    fit = api.diff(tmp_path / "a.safetensors", from_module(tgt, "t"))
+    assert sorted(c.kind for c in fit.causes) == ["patch_size", "pos_embed"]
+    assert "different model variant" not in " ".join(c.message for c in fit.causes)
+    s = suggest(from_module(src, "a").tensors, from_module(tgt, "t"))
+    assert s.fits, s.text
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors", "rules:" + s.text.split("rules:", 1)[1], tgt)
+    assert model(_x((1, 3, 48, 48), dtype=torch.float32)).isfinite().all()
+
+
+def test_a_non_square_grid_needs_the_grids_said(tmp_path):
+    src = _vit(14, img_size=(32, 48))                                  # grid 4x6: 24 tokens + 1
+    _save(src, tmp_path / "a.safetensors")
+    tgt = nets.TinyViT(img_size=(48, 48))
+    (cause,) = api.diff(tmp_path / "a.safetensors", from_module(tgt, "t")).causes
+    assert not cause.fixable and "from: [h, w], to: [h, w], prefix_tokens: 1" in cause.message
+    res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n- resample_pos_embed: {keys: pos_embed, to: [6, 6]}\n"),
+                         tmp_path / "o.safetensors", target=from_module(tgt, "t"))
+    assert not res.ok and "are not a square grid: give from: [h, w]" in res.error
+    model, _ = _apply(tmp_path, tmp_path / "a.safetensors",
+                      "rules:\n- resample_pos_embed: {keys: pos_embed, from: [4, 6], to: [6, 6]}\n", tgt)
+    assert torch.equal(model.pos_embed[:, 0], src.pos_embed[:, 0])
+
+
+def test_register_tokens_count_as_prefix():
+    a, b = nets.TinyViT(reg_tokens=4), nets.TinyViT(img_size=40, reg_tokens=4)
+    causes = diagnose({n: tuple(v.shape) for n, v in a.state_dict().items()},
+                      {n: tuple(v.shape) for n, v in b.state_dict().items()})
+    assert causes[0].rules == [{"resample_pos_embed": {"keys": "^pos_embed$", "from": [4, 4], "to": [5, 5],
+                                                       "prefix_tokens": 5}}]
+
+
+def test_explain_reads_a_pasted_vit_error():
+    from ckptfix.explain import explain
+
+    text = ("RuntimeError: Error(s) in loading state_dict for VisionTransformer:\n"
+            "\tsize mismatch for pos_embed: copying a param with shape torch.Size([1, 197, 768]) from checkpoint, "
+            "the shape in current model is torch.Size([1, 577, 768]).\n"
+            "\tsize mismatch for patch_embed.proj.weight: copying a param with shape torch.Size([768, 3, 16, 16]) "
+            "from checkpoint, the shape in current model is torch.Size([768, 3, 14, 14]).\n")
+    info = explain(text)
+    kinds = [c["kind"] for c in info["causes"]]
+    assert "pos_embed" in kinds and "patch_size" in kinds and "variant" not in kinds
+    assert "resample_pos_embed: {keys: ^pos_embed$, from: [14, 14], to: [24, 24], prefix_tokens: 1}" in info["rules_yaml"]
+    assert "resize_kernel: {keys: ^patch_embed\\.proj\\.weight$, size: [14, 14], method: pi}" in info["rules_yaml"]
+
+
+def test_rules_schema_refusals_name_the_line():
+    with pytest.raises(RulesError, match=r"<rules>:3.*keep lists 2 channels, size says 3"):
+        parse_text("ckptfix: 1\nrules:\n- channels: {layer: c, size: 3, keep: [0, 1]}\n")
+    with pytest.raises(RulesError, match="map and fill go with mode: keep"):
+        parse_text("rules:\n- in_channels: {keys: w, size: 1, mode: sum, map: {0: 1}}\n")
+    with pytest.raises(RulesError, match="unknown field 'sizes'"):
+        parse_text("rules:\n- resize_kernel: {keys: w, sizes: [3, 3]}\n")
