@@ -211,3 +211,9 @@ def test_l1_selection_keeps_the_largest_norms_in_order(out, keep, seed):
     assert op.shape(TensorMeta(tuple(w.shape), "float64")).shape == (keep, 3, 2, 2)
     assert torch.equal(Select(1, sel, block=2).data(torch.arange(2 * out * 2.0).reshape(2, 2 * out)),
                        torch.arange(2 * out * 2.0).reshape(2, 2 * out)[:, [c * 2 + j for c in idx for j in (0, 1)]])
+
+
+def test_a_pi_resize_too_big_to_compute_is_refused_at_plan_time():
+    with pytest.raises(OpError, match="PI-resize of a 64x64 kernel to 512x512 needs a 262,144 x 4,096 resize matrix"):
+        ResizeKernel((512, 512), "pi").shape(TensorMeta((8, 3, 64, 64), "float32"))
+    assert ResizeKernel((512, 512), "bicubic").shape(TensorMeta((8, 3, 64, 64), "float32")).shape == (8, 3, 512, 512)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptfix import dtypes, layouts
-from ckptfix.rules import ops
+from ckptfix.rules import channels, ops, resample
 from ckptfix.rules.ops import Cast, Constant, Depthwise, OpError, Pad, Reshape, Slice, Transpose, permute_copy
 from ckptfix.tensors import TensorMeta
 from numerics import seeded_randn
@@ -30,8 +30,9 @@ def agree(op, t):
 # ---------------------------------------------------------------------------------------------
 # every op, found in ckptfix/rules/ops.py: a new op is covered (or fails the registry test)
 
-OPS = sorted((c for c in vars(ops).values()
-              if isinstance(c, type) and issubclass(c, ops.Op) and c is not ops.Op and c.__module__ == ops.__name__),
+OP_MODULES = (ops, channels, resample)   # every module of ckptfix/rules that defines ops
+OPS = sorted({c for m in OP_MODULES for c in vars(m).values()
+              if isinstance(c, type) and issubclass(c, ops.Op) and c is not ops.Op and c.__module__ == m.__name__},
              key=lambda c: c.__name__)
 ALL_DTYPES = sorted(dtypes.BY_NAME)   # every dtype a checkpoint may hold reaches the ops
 FLOATING = sorted(n for n, d in dtypes.BY_NAME.items() if d.floating)
@@ -182,9 +183,67 @@ def _constant(data):
     return Constant(meta, draw_value(data, meta.dtype)), draw_tensor(data)
 
 
+@generates(channels.InChannels)
+def _in_channels(data):
+    t = draw_tensor(data, FLOATING, min_rank=2, max_rank=4, min_side=1)
+    c = t.shape[1]
+    mode = data.draw(st.sampled_from(["keep", "sum", "repeat"]), label="mode")
+    if mode == "sum":
+        n = data.draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]), label="size")
+        return channels.InChannels(n, "sum"), t
+    n = data.draw(st.integers(1, 7), label="size")
+    if mode == "repeat":
+        return channels.InChannels(n, "repeat"), t
+    pairs = data.draw(st.dictionaries(st.integers(0, n - 1), st.lists(st.integers(0, c - 1), min_size=1, max_size=3),
+                                      max_size=3), label="map")
+    fill = data.draw(st.sampled_from(["zeros", "mean"]), label="fill")
+    return channels.InChannels(n, "keep", 1, tuple(sorted((j, tuple(v)) for j, v in pairs.items())), fill), t
+
+
+@generates(channels.Fresh)
+def _fresh(data):
+    t = draw_tensor(data, FLOATING)
+    return channels.Fresh(data.draw(st.sampled_from(["default", "zeros"]), label="fill"),
+                          data.draw(st.integers(0, 99), label="seed"), data.draw(st.integers(1, 50), label="fan")), t
+
+
+@generates(channels.Select)
+def _select(data):
+    t = draw_tensor(data, ALL_DTYPES, min_rank=1, max_rank=4, min_side=1)
+    axis = draw_axis(data, t.dim())
+    block = data.draw(st.sampled_from([d for d in range(1, t.shape[axis] + 1) if t.shape[axis] % d == 0]), label="block")
+    n = t.shape[axis] // block
+    keep = data.draw(st.integers(1, n), label="keep")
+    sel = channels.Selection("x", "x", (), 0, keep,
+                             tuple(sorted(data.draw(st.permutations(range(n)), label="order")[:keep])))
+    return channels.Select(axis, sel, block), t
+
+
+@generates(resample.ResizeKernel)
+def _resize_kernel(data):
+    t = draw_tensor(data, FLOATING, min_rank=4, max_rank=4, min_side=1)
+    size = (data.draw(st.integers(1, 6), label="h"), data.draw(st.integers(1, 6), label="w"))
+    method = data.draw(st.sampled_from(resample.KERNEL_METHODS), label="method")
+    return resample.ResizeKernel(size, method, data.draw(st.sampled_from(resample.METHODS), label="interp"),
+                                 data.draw(st.booleans(), label="antialias")), t
+
+
+@generates(resample.ResamplePosEmbed)
+def _pos_embed(data):
+    prefix = data.draw(st.integers(0, 2), label="prefix")
+    old = (data.draw(st.integers(1, 5), label="oh"), data.draw(st.integers(1, 5), label="ow"))
+    new = (data.draw(st.integers(1, 6), label="nh"), data.draw(st.integers(1, 6), label="nw"))
+    d = data.draw(st.integers(1, 4), label="dim")
+    shape = [1, prefix + old[0] * old[1], d] if data.draw(st.booleans(), label="batched") else [prefix + old[0] * old[1], d]
+    t = draw_tensor(data, FLOATING, shape=shape)
+    return resample.ResamplePosEmbed(old, new, prefix, data.draw(st.sampled_from(resample.METHODS), label="m"),
+                                     data.draw(st.booleans(), label="aa")), t
+
+
 def test_every_op_has_a_generator():
     """Discovery is not vacuous, and an op without a generator of valid inputs fails here."""
-    assert {Transpose, Depthwise, Slice, Pad, Cast, ops.FlattenOrder, ops.AddScalar, Reshape, Constant} <= set(OPS)
+    assert {Transpose, Depthwise, Slice, Pad, Cast, ops.FlattenOrder, ops.AddScalar, Reshape, Constant,
+            channels.InChannels, channels.Select, resample.ResizeKernel, resample.ResamplePosEmbed} <= set(OPS)
     missing = [c.__name__ for c in OPS if c not in GENERATORS]
     assert not missing, f"ops with no input generator in tests/test_ops.py: {missing}"
 

@@ -20,6 +20,7 @@ from ..tensors import fmt_shape
 from .ops import Op, OpError
 
 METHODS = ("bicubic", "bilinear")
+MAX_PI_ENTRIES = 1 << 22  # the PI resize matrix (new_h*new_w x old_h*old_w) and its pinv: 16 MiB each
 KERNEL_METHODS = ("pi", *METHODS)
 
 
@@ -71,6 +72,11 @@ class ResizeKernel(Op):
             raise OpError(f"kernel size {list(self.size)} must be positive")
         if self.method not in KERNEL_METHODS:
             raise OpError(f"method {self.method!r}: one of {', '.join(KERNEL_METHODS)}")
+        old, new = meta.shape[2] * meta.shape[3], self.size[0] * self.size[1]
+        if self.method == "pi" and old * new > MAX_PI_ENTRIES and tuple(meta.shape[2:]) != tuple(self.size):
+            raise OpError(f"PI-resize of a {meta.shape[2]}x{meta.shape[3]} kernel to {'x'.join(map(str, self.size))} "
+                          f"needs a {new:,} x {old:,} resize matrix and its pseudo-inverse, more than the "
+                          f"{MAX_PI_ENTRIES:,} entries ckptfix computes; use method: bicubic")
         _floating(meta)
         return meta.with_shape((*meta.shape[:2], *self.size))
 
