@@ -185,31 +185,45 @@ def _g(grid) -> str:
     return "x".join(map(str, grid))
 
 
+def prefix_tokens(shapes: dict[str, Shape | None]) -> int:
+    """Prefix tokens a ViT's state dict shows: its class/distillation/register token tensors."""
+    return sum((s[-2] if len(s) >= 2 else 1) for n, s in shapes.items() if s is not None and PREFIX_TOKENS.search(n))
+
+
+def pos_grids(name: str, a: Shape, b: Shape, prefix: int) -> tuple[int, tuple | None, tuple | None] | None:
+    """For a position embedding ``name`` of shape ``a`` where ``b`` is wanted: (prefix tokens,
+    old grid, new grid), the grids None when not square; None when it is not a position embedding
+    whose token count changed. ``prefix``: the count the state dict shows, else 1 or 0, whichever
+    makes both grids square."""
+    from .rules.resample import square_grid
+
+    if not POS_NAMES.search(name) or len(a) != len(b) or len(a) not in (2, 3) or a[-1] != b[-1] or \
+            (len(a) == 3 and (a[0], b[0]) != (1, 1)) or a == b:
+        return None
+    tries = [prefix] if prefix else [1, 0]
+    for p in tries:
+        old, new = square_grid(a[-2], p), square_grid(b[-2], p)
+        if old and new:
+            return p, old, new
+    return tries[0], None, None
+
+
 def pos_embed_causes(mism: dict[str, tuple[Shape, Shape]], ckpt: dict[str, Shape | None]) -> list[Cause]:
     """Absolute position embeddings whose token count differs (a new image or patch size): a
-    ``resample_pos_embed`` rule each, the prefix tokens counted from the class/distillation/register
-    tokens beside them (else 1 if that makes both grids square, else 0)."""
+    ``resample_pos_embed`` rule each (``pos_grids``), or what to say when the grids are not square."""
     out = []
-    prefix_hint = sum((s[-2] if len(s) >= 2 else 1) for n, s in ckpt.items()
-                      if s is not None and PREFIX_TOKENS.search(n))
+    hint = prefix_tokens(ckpt)
     for n, (a, b) in mism.items():
-        if not POS_NAMES.search(n) or len(a) != len(b) or len(a) not in (2, 3) or a[-1] != b[-1] or \
-                (len(a) == 3 and (a[0], b[0]) != (1, 1)):
-            continue
-        from .rules.resample import square_grid
-
-        na, nb = a[-2], b[-2]
-        tries = [prefix_hint] if prefix_hint else [1, 0]
-        found = next(((p, square_grid(na, p), square_grid(nb, p)) for p in tries
-                      if square_grid(na, p) and square_grid(nb, p)), None)
+        found = pos_grids(n, a, b, hint)
         if found is None:
-            p = tries[0]
-            out.append(Cause(POS_EMBED, f"{n}: {na} -> {nb} position tokens, not square grids after {p} prefix "
-                             f"token(s): resample it with `- resample_pos_embed: {{keys: '{anchored([n])}', from: "
-                             f"[h, w], to: [h, w], prefix_tokens: {p}}}` once you know the grids", fixable=False,
-                             names=[n]))
             continue
         p, old, new = found
+        if old is None or new is None:
+            out.append(Cause(POS_EMBED, f"{n}: {a[-2]} -> {b[-2]} position tokens, not square grids after {p} "
+                             f"prefix token(s): resample it with `- resample_pos_embed: {{keys: '{anchored([n])}', "
+                             f"from: [h, w], to: [h, w], prefix_tokens: {p}}}` once you know the grids",
+                             fixable=False, names=[n]))
+            continue
         out.append(Cause(POS_EMBED, f"{n}: a position embedding for a {_g(old)} grid, the model's is {_g(new)} "
                          f"(a new image or patch size): resampled bicubic as timm resample_abs_pos_embed, the "
                          f"{p} prefix token(s) kept: each patch keeps (nearly) the embedding of the same place "

@@ -654,6 +654,14 @@ def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: 
         if diff:
             parts.append("; ".join(map(str, diff)))
         parts.append(f"{ours.params} vs {tl.params} params")
+    from .diagnose import pos_grids, prefix_tokens
+
+    pos = pos_grids(name, have.shape, want.shape, prefix_tokens({n: m.shape for n, m in metas.items()}))
+    if pos is not None:
+        p, old, new = pos
+        grid = (lambda g, n: "x".join(map(str, g)) + " grid" if g else f"{n - p} tokens, not a square grid")
+        parts.append(f"a position embedding: {p} prefix token(s) + {grid(old, have.shape[-2])} vs "
+                     f"{grid(new, want.shape[-2])}")
     if sorted(have.shape) == sorted(want.shape) and have.shape != want.shape:
         parts.append("same sizes in another order: a layout difference (transpose)?")
     return "; ".join(parts) if parts else f"{fmt_shape(have.shape)} vs {fmt_shape(want.shape)}"

@@ -233,6 +233,15 @@ class InChannelsOp(_Model):
         return self
 
 
+def _check_keep(keep: list[int] | None, size: int, what: str) -> None:
+    """A ``keep`` list names ``size`` distinct indices."""
+    if keep is not None and len(keep) != size:
+        raise ValueError(f"keep lists {len(keep)} {what}es, size says {size}" if what == "class" else
+                         f"keep lists {len(keep)} {what}s, size says {size}")
+    if keep is not None and len(set(keep)) != len(keep):
+        raise ValueError(f"keep lists a {what} twice")
+
+
 class NumClassesOp(_Model):
     """A classifier head's class count: its weight's and bias's ``axis`` (0 in PyTorch layout)
     and any ``coupled`` tensors' change together. Smaller: the first ``size`` classes, or ``keep``
@@ -252,10 +261,7 @@ class NumClassesOp(_Model):
     def _forms(self):
         if self.keep is not None and self.reinit:
             raise ValueError("give keep or reinit, not both")
-        if self.keep is not None and len(self.keep) != self.size:
-            raise ValueError(f"keep lists {len(self.keep)} classes, size says {self.size}")
-        if self.keep is not None and len(set(self.keep)) != len(self.keep):
-            raise ValueError("keep lists a class twice")
+        _check_keep(self.keep, self.size, "class")
         return self
 
 
@@ -281,10 +287,7 @@ class ChannelsOp(_Model):
     def _forms(self):
         if self.keep is not None and self.by is not None:
             raise ValueError("give keep or by, not both")
-        if self.keep is not None and len(self.keep) != self.size:
-            raise ValueError(f"keep lists {len(self.keep)} channels, size says {self.size}")
-        if self.keep is not None and len(set(self.keep)) != len(self.keep):
-            raise ValueError("keep lists a channel twice")
+        _check_keep(self.keep, self.size, "channel")
         return self
 
 
