@@ -110,6 +110,7 @@ PREFIX, LAYOUT, POS_EMBED, PATCH, IN_CHANNELS, NUM_CLASSES, WIDTH, VARIANT = (
 
 POS_NAMES = re.compile(r"(^|[._/])(pos_embed|pos_embedding|position_embeddings?|positional_embedding)"
                        r"(\.weight)?$")
+HEADS = re.compile(r"(^|\.)(head|head_dist|classifier|last_linear|logits)(\.fc)?$")  # class heads by name
 PREFIX_TOKENS = re.compile(r"(^|[._/])(cls_token|dist_token|reg_token|register_tokens)$")
 
 
@@ -200,7 +201,8 @@ def pos_grids(name: str, a: Shape, b: Shape, prefix: int) -> tuple[int, tuple | 
     if not POS_NAMES.search(name) or len(a) != len(b) or len(a) not in (2, 3) or a[-1] != b[-1] or \
             (len(a) == 3 and (a[0], b[0]) != (1, 1)) or a == b:
         return None
-    tries = [prefix] if prefix else [1, 0]
+    # timm's no_embed_class models (register tokens) embed the grid only: 0 is tried after the count shown
+    tries = list(dict.fromkeys([prefix, 0, 1] if prefix else [1, 0]))
     for p in tries:
         old, new = square_grid(a[-2], p), square_grid(b[-2], p)
         if old and new:
@@ -325,7 +327,7 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
         rule, keeps = in_channels_rule(weight, d.have, d.want)
         return Cause(IN_CHANNELS, f"a different number of input channels ({d.have} -> {d.want}) in the first "
                      f"layer {where}: {keeps}", [rule], review=True, names=[weight])
-    if attrs and attrs <= L.OUT_ATTRS and is_last and "out_features" in attrs and layer \
+    if attrs and attrs <= L.OUT_ATTRS and (is_last or HEADS.search(layer)) and "out_features" in attrs and layer \
             and weight is not None and all(rest[n][0][0] != rest[n][1][0] and rest[n][0][1:] == rest[n][1][1:]
                                            for n in names):
         d = next(d for d in ds if d.attr in L.OUT_ATTRS)

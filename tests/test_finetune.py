@@ -348,3 +348,21 @@ def test_rules_schema_refusals_name_the_line():
         parse_text("rules:\n- in_channels: {keys: w, size: 1, mode: sum, map: {0: 1}}\n")
     with pytest.raises(RulesError, match="unknown field 'sizes'"):
         parse_text("rules:\n- resize_kernel: {keys: w, sizes: [3, 3]}\n")
+
+
+def test_a_grid_only_position_embedding_beside_register_tokens():
+    """timm's no_embed_class ViTs (register tokens) embed the grid only: 16 -> 36 tokens, no prefix."""
+    ckpt = {"cls_token": (1, 1, 8), "reg_token": (1, 4, 8), "pos_embed": (1, 16, 8)}
+    model = {"cls_token": (1, 1, 8), "reg_token": (1, 4, 8), "pos_embed": (1, 36, 8)}
+    (cause,) = diagnose(ckpt, model)
+    assert cause.rules == [{"resample_pos_embed": {"keys": "^pos_embed$", "from": [4, 4], "to": [6, 6], "prefix_tokens": 0}}]
+
+
+def test_two_heads_are_both_class_heads():
+    """A distilled ViT's head and head_dist both change with the classes (not only the last layer)."""
+    ckpt = {"fc1.weight": (8, 4), "head.weight": (10, 8), "head.bias": (10,), "head_dist.weight": (10, 8),
+            "head_dist.bias": (10,)}
+    model = {**ckpt, "head.weight": (3, 8), "head.bias": (3,), "head_dist.weight": (3, 8), "head_dist.bias": (3,)}
+    causes = diagnose(ckpt, model)
+    assert [c.rules for c in causes] == [[{"num_classes": {"layer": "head", "size": 3}}],
+                                         [{"num_classes": {"layer": "head_dist", "size": 3}}]]
