@@ -366,3 +366,41 @@ def test_two_heads_are_both_class_heads():
     causes = diagnose(ckpt, model)
     assert [c.rules for c in causes] == [[{"num_classes": {"layer": "head", "size": 3}}],
                                          [{"num_classes": {"layer": "head_dist", "size": 3}}]]
+
+
+def test_keras_weights_into_a_grayscale_model_with_fewer_classes(tmp_path):
+    """From a Keras file: suggest converts (layouts, the flatten order) and adapts (in_channels sum,
+    num_classes) in one rules file. The RGB conversion gives Keras' own outputs (the zoo's reference,
+    tests/data/zoo/vgg_io.npz); the gray model gives, on a gray image, what the RGB one gives on its
+    copy in three channels, for the classes kept."""
+    import numpy as np
+    from zoo_twins import VGGTwin
+
+    class GrayVGG(VGGTwin):
+        def __init__(self):
+            super().__init__()
+            self.features[0] = nn.Conv2d(1, 8, 3, padding=1)
+            self.classifier[2] = nn.Linear(16, 3)
+
+    src = "tests/data/zoo/vgg.keras"
+    reader = api.Options().open(src)
+    with reader:
+        metas, classes, configs, fmt = reader.metas(), reader.layer_classes(), reader.layer_configs(), reader.format
+    config = api.keras_config(src)
+    models = {}
+    for name, model in (("rgb", VGGTwin()), ("gray", GrayVGG())):
+        s = suggest(metas, from_module(model, name), classes=classes, configs=configs, keras_config=config,
+                    source_format=fmt)
+        assert s.fits, s.text
+        res = api.apply_file(src, parse_text(s.text), tmp_path / f"{name}.safetensors", target=from_module(model, name))
+        assert res.ok, res.error
+        model.load_state_dict(load_file(tmp_path / f"{name}.safetensors"), strict=True)
+        models[name] = model.eval()
+    assert "in_channels: {keys: ^features\\.0\\.weight$, size: 1, mode: sum}" in s.text
+    io = np.load("tests/data/zoo/vgg_io.npz")
+    with torch.no_grad():
+        got = models["rgb"](torch.from_numpy(io["x"]).permute(0, 3, 1, 2))
+        torch.testing.assert_close(got, torch.from_numpy(io["y"]), rtol=1e-4, atol=1e-4)
+        gray = _x((2, 1, 12, 16), dtype=torch.float32)
+        torch.testing.assert_close(models["gray"](gray), models["rgb"](gray.expand(2, 3, 12, 16))[:, :3],
+                                   rtol=1e-5, atol=1e-5)
