@@ -404,3 +404,68 @@ def test_keras_weights_into_a_grayscale_model_with_fewer_classes(tmp_path):
         gray = _x((2, 1, 12, 16), dtype=torch.float32)
         torch.testing.assert_close(models["gray"](gray), models["rgb"](gray.expand(2, 3, 12, 16))[:, :3],
                                    rtol=1e-5, atol=1e-5)
+
+
+# --- generated architectures: growing keeps outputs, pruning equals zeroing the pruned inputs -----
+
+class Chain(nn.Module):
+    """conv -> [bn] -> relu -> [depthwise -> relu] -> conv or convT -> [bn] -> relu -> pool -> flatten
+    -> linear -> [bn1d] -> relu -> linear, in 1, 2 or 3 spatial dims, widths from ``w``."""
+
+    def __init__(self, dims: int, w: dict, bn: bool, dw: bool, transposed: bool, pool: int):
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        convt = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dims]
+        norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+        self.dims, self.pool, self.flags = dims, pool, (bn, dw)
+        self.c1 = conv(2, w["c1"], 3, padding=1)
+        self.n1 = norm(w["c1"]) if bn else nn.Identity()
+        self.dw = conv(w["c1"], w["c1"], 3, padding=1, groups=w["c1"]) if dw else nn.Identity()
+        self.c2 = (convt if transposed else conv)(w["c1"], w["c2"], 2)
+        self.n2 = norm(w["c2"]) if bn else nn.Identity()
+        self.f1 = nn.Linear(w["c2"] * pool ** dims, w["f1"])
+        self.n3 = nn.BatchNorm1d(w["f1"]) if bn else nn.Identity()
+        self.f2 = nn.Linear(w["f1"], 3)
+
+    def forward(self, x):
+        x = torch.relu(self.dw(torch.relu(self.n1(self.c1(x)))))
+        x = torch.relu(self.n2(self.c2(x)))
+        x = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[self.dims](x, self.pool)
+        return self.f2(torch.relu(self.n3(self.f1(x.flatten(1)))))
+
+
+ARCHS = [dict(dims=d, bn=bn, dw=dw, transposed=t, pool=p)
+         for d, bn, dw, t, p in [(2, True, True, False, 2), (2, False, False, True, 1), (1, True, False, False, 3),
+                                 (3, True, True, True, 1), (1, False, True, True, 2), (3, False, False, False, 2),
+                                 (2, True, False, True, 3), (1, True, True, False, 1)]]
+BASE = {"c1": 5, "c2": 6, "f1": 7}
+
+
+@pytest.mark.parametrize("arch", range(len(ARCHS)))
+@pytest.mark.parametrize("layer", ["c1", "c2", "f1"])
+def test_generated_architectures_grow_and_prune(tmp_path, arch, layer):
+    """For each architecture and producer: readers from the traced graph; grown by 3 (PyTorch init,
+    trainable) the outputs are the old ones; pruned to 3 by L1, the outputs are the old network's with
+    the pruned channels' reader weights set to zero (what removing them means), in float64."""
+    a = ARCHS[arch]
+    src = _randomised(Chain(w=BASE, **a), 100 + arch)
+    _save(src, tmp_path / "a.safetensors")
+    x = _x((4, 2, *([6] * a["dims"])), seed=arch)
+    grown, res = _apply(tmp_path, tmp_path / "a.safetensors", f"rules:\n- channels: {{layer: {layer}, size: {BASE[layer] + 3}, "
+                        "fill: default}\n", Chain(w={**BASE, layer: BASE[layer] + 3}, **a).double(), "grown")
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), src(x), rtol=1e-10, atol=1e-10)
+    pruned, res = _apply(tmp_path, tmp_path / "a.safetensors", f"rules:\n- channels: {{layer: {layer}, size: 3, by: l1}}\n",
+                         Chain(w={**BASE, layer: 3}, **a).double(), "pruned")
+    w = getattr(src, layer).weight
+    out_ax = 1 if isinstance(getattr(src, layer), nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) else 0
+    norms = w.abs().movedim(out_ax, 0).reshape(w.shape[out_ax], -1).sum(1)
+    gone = sorted(set(range(BASE[layer])) - set(torch.topk(norms, 3).indices.tolist()))
+    ref = _randomised(Chain(w=BASE, **a), 100 + arch)
+    reader = {"c1": ref.c2, "c2": ref.f1, "f1": ref.f2}[layer]
+    with torch.no_grad():
+        r_ax = 0 if isinstance(reader, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d) else 1
+        block = reader.weight.shape[r_ax] // BASE[layer]
+        idx = torch.tensor([c * block + j for c in gone for j in range(block)], dtype=torch.long)
+        reader.weight.index_fill_(r_ax, idx, 0.0)
+        torch.testing.assert_close(pruned(x), ref(x), rtol=1e-10, atol=1e-10)
