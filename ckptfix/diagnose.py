@@ -110,16 +110,21 @@ PREFIX, LAYOUT, POS_EMBED, PATCH, IN_CHANNELS, NUM_CLASSES, WIDTH, VARIANT = (
 
 POS_NAMES = re.compile(r"(^|[._/])(pos_embed|pos_embedding|position_embeddings?|positional_embedding)"
                        r"(\.weight)?$")
-HEADS = re.compile(r"(^|\.)(head|head_dist|classifier|last_linear|logits)(\.fc)?$")  # class heads by name
+# class heads by name (timm, torchvision, HF): wherever they sit, or a top-level fc (ResNet's)
+HEADS = re.compile(r"(^|\.)(head|head_dist|classifier|last_linear|logits)(\.fc)?$|^fc$")
 PREFIX_TOKENS = re.compile(r"(^|[._/])(cls_token|dist_token|reg_token|register_tokens)$")
 
 
 def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
-             order: list[str] | None = None) -> list[Cause]:
+             order: list[str] | None = None, *, partial: bool = False) -> list[Cause]:
     """All causes at once, most fundamental first: a prefix, layouts, then each layer whose sizes
     differ gets its own cause (input channels of the first layer, classes of the last, a width
     elsewhere: pad/slice rules marked review); only what no rule can change (kernel sizes, ranks,
-    a layer of another kind) is called a different variant. ``order``: the model's key order."""
+    a layer of another kind) is called a different variant. ``order``: the model's key order
+    (execution order where known). ``partial``: the names are only some of the model's (a pasted
+    error lists the mismatched ones): the first of them is taken for the model's input layer only
+    if it reads at most 4 channels, and the last is not taken for the classifier (heads are still
+    known by name)."""
     causes: list[Cause] = []
     p = prefix_cause(ckpt, model)
     if p:
@@ -152,10 +157,16 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     layer_order = list(dict.fromkeys(L.layer_of(n) for n in order))
     first = next((ly for ly in layer_order if _has_weight(ly, model)), layer_order[0] if layer_order else None)
     last = layer_order[-1] if layer_order else None
+    if partial:
+        w = next((n for n in ckpt if L.layer_of(n) == first and L.split_key(n)[1] in ("weight", "kernel")
+                  and ckpt[n] is not None and len(ckpt[n]) >= 3), None)
+        first = first if w is not None and ckpt[w][1] <= 4 else None
+        last = None
     layer_shapes = {ly: ({n: ckpt[n] for n in ckpt if L.layer_of(n) == ly and ckpt[n] is not None},
                          {n: model[n] for n in model if L.layer_of(n) == ly and model[n] is not None})
                     for ly in by_layer}
     chains, covered = width_chains([ly for ly in layer_order if ly in by_layer], layer_shapes)
+    causes += chains  # first: a layer a chain covers in part then gets pad/slice for the rest only
     unfixable = []
     in_order = [ly for ly in layer_order if ly in by_layer] + [ly for ly in by_layer if ly not in layer_order]
     for layer in in_order:  # the model's order: the first layer's cause first
@@ -167,7 +178,6 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
             causes.append(c)
         else:
             unfixable.append(c)
-    causes += chains
     if unfixable:
         names = sorted(n for c in unfixable for n in c.names)
         what = "; ".join(c.message for c in unfixable[:3]) + ("; ..." if len(unfixable) > 3 else "")

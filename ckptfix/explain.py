@@ -89,7 +89,7 @@ def explain(text: str) -> dict:
     for n in err.missing:
         model.setdefault(n, None)
     order = [m.name for m in err.mismatches] + err.missing
-    causes = D.diagnose(ckpt, model, order)
+    causes = D.diagnose(ckpt, model, order, partial=True)
     rows = []
     for m in err.mismatches:
         a = D._layer(m.name, ckpt)

@@ -93,17 +93,18 @@ def memory_limit() -> int:
     return min(limits) if limits else MAX_TENSOR_BYTES
 
 
-def tensor_too_big(before, after, computed: bool, memory: int) -> str | None:
+def tensor_too_big(before, after, computed: bool, memory: int, working: int = 0) -> str | None:
     """Why a tensor a rule makes (``after``, a TensorMeta; from ``before``, None for a new one)
     cannot be made, or None. The policy: no tensor over ``MAX_TENSOR_BYTES`` (which also keeps
     every element count far inside int64); and when the op computes it (anything but a byte copy),
-    its input and output must fit in ``memory`` (``memory_limit()``) together, the least such an
-    op holds."""
+    its input and output must fit in ``memory`` (``memory_limit()``) together, with the
+    ``working`` copies the op says it holds (``Op.working``)."""
     if after.nbytes > MAX_TENSOR_BYTES:
         return f"it would be {after.numel:,} elements ({fmt_bytes(after.nbytes)}), over the " \
                f"{fmt_bytes(MAX_TENSOR_BYTES)} ckptfix allows for any tensor"
-    need = after.nbytes + (before.nbytes if before is not None else 0)
+    need = after.nbytes + (before.nbytes if before is not None else 0) + working
     if computed and need > memory:
-        return f"computing it holds {fmt_bytes(need)} (input and output) in memory, more than the " \
+        what = "input, output and working copies" if working else "input and output"
+        return f"computing it holds {fmt_bytes(need)} ({what}) in memory, more than the " \
                f"{fmt_bytes(memory)} this process can have"
     return None

@@ -271,6 +271,21 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
     t_feed, s_feed = feeds or ({}, {})
     paired: dict[str, str] = {p.targets[0].module: p.reading.src.name for p in pairs}
 
+    # 1b. same names, other sizes: the layer is in the checkpoint under the target's own names
+    by_name = {s.name: j for j, (s, _) in enumerate(pool)}
+    for t in left_t:
+        if t.rnn_layer is not None or not t.keys:
+            continue
+        j = by_name.get(split_key(next(iter(t.keys.values())))[0])
+        if j is None or j in used or set(pool[j][0].keys.values()) != set(t.keys.values()):
+            continue
+        r = next((r for r in pool[j][1] if len(r.units) == 1 and compatible(r.units[0], t, near=True)), None)
+        if r is not None:
+            pairs.append(Pair([t], r, "near"))
+            used.add(j)
+            matched_t.add(t.index)
+            paired[t.module] = r.src.name
+
     def prefer(t: TargetUnit):
         up = paired.get(t_feed.get(t.module, ""))
         return (lambda s: s_feed.get(s.name) == up) if up is not None and s_feed else None

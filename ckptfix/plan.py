@@ -149,7 +149,8 @@ class _Planner:
         """Refuse, at plan time, a tensor no run could make (see ``limits.tensor_too_big``)."""
         if self.memory is None:
             self.memory = memory_limit()
-        why = tensor_too_big(before, after, before is None or op.byte_span(before) is None, self.memory)
+        why = tensor_too_big(before, after, before is None or op.byte_span(before) is None, self.memory,
+                             op.working(before, after) if before is not None else 0)
         if why:
             was = f"{fmt_shape(before.shape)} -> " if before is not None else ""
             raise self.err(rule, f"{name} {was}{fmt_shape(after.shape)} {after.dtype}: {why}")
@@ -356,7 +357,7 @@ class _Planner:
             if m.rank == 0 or m.shape[0] != old:
                 raise self.err(rule, f"coupled tensor {c} {fmt_shape(m.shape)}: its axis 0 is not the {old} classes")
             members.append(c)
-        fan = L.fan_in(wm.shape) if ax == 0 else L.fan_in(tuple(s.size if i == ax else d for i, d in enumerate(wm.shape)))
+        fan = wm.numel // old if old else 1  # everything but the class axis: torch's fan_in, in either layout
         if s.keep is not None:
             bad = [k for k in s.keep if k >= old]
             if bad:
@@ -426,7 +427,8 @@ class _Planner:
                 else:
                     items.append((n, Pad(ax, size, "zeros")))
         how = ("largest L1 norm" if sel is not None else f"channels {s.keep}" if s.keep is not None else
-               "the first" if s.size < old else f"new channels {s.fill}, read with zero weights")
+               "the first" if s.size < old else f"new channels {s.fill}, read with zero weights" if s.size > old
+               else "unchanged")
         changes = self._apply(rule, items)
         chain = ", ".join([s.layer, *readers])
         return changes, [n for n, *_ in members], f"{s.layer}: {old} -> {s.size} channels ({how}) through {chain}"
@@ -464,6 +466,12 @@ class _Planner:
             raise self.err(rule, f"{layer} ({kind}) normalises across channels: its statistics change with "
                            "the width, so it cannot follow a width change unchanged")
         wm = self.entries[w].meta
+        grouped = self.target is not None and layer in self.target.layers and \
+            (self.target.layers[layer].attrs.get("groups") or 1) > 1
+        if wm.rank >= 3 and wm.shape[1] == 1 and wm.shape[0] != old and wm.shape[0] % old == 0 and \
+                (grouped or self.target is None or layer not in self.target.layers):
+            raise self.err(rule, f"{layer} is a depthwise conv with a channel multiplier ({wm.shape[0]} outputs from "
+                           f"{old} channels): a channels rule cannot follow it")
         if wm.rank >= 3 and wm.shape[1] == 1 and wm.shape[0] == old and kind.startswith("Conv") and \
                 not (self.target is not None and layer in self.target.layers
                      and (self.target.layers[layer].attrs.get("groups") or 1) == 1):
@@ -636,9 +644,24 @@ def fit_report(metas: dict[str, TensorMeta], target: Target) -> Fit:
         from .diagnose import diagnose
 
         causes = diagnose({n: m.shape for n, m in metas.items()}, {n: m.shape for n, m in target.tensors.items()},
-                          list(target.tensors))
+                          execution_order(target))
     return Fit(fits=fits, missing=missing, unexpected=unexpected, mismatched=mismatched,
                params=count_params(metas, target), target_params=target.params, notes=notes, causes=causes)
+
+
+def execution_order(target: Target) -> list[str]:
+    """The target's tensor names, layer by layer in execution order when it is a model fx can
+    trace (a model may define its head before its stem), else in the order it lists them."""
+    names = list(target.tensors)
+    if target.module is None:
+        return names
+    from .trace import trace
+
+    tr = trace(target.module)
+    if not tr.traced:
+        return names
+    rank = {m: i for i, m in enumerate(tr.order)}
+    return sorted(names, key=lambda n: rank.get(L.layer_of(n), len(rank)))
 
 
 def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: Target) -> str:

@@ -440,13 +440,75 @@ def is_depthwise(m) -> bool:
     return type(m).__name__.startswith("Conv") and g > 1 and g == m.in_channels == m.out_channels
 
 
+# Ops that keep each channel to itself (elementwise, spatial), so a width change passes through.
+_CHANNELWISE_MODULES = {
+    "ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Sigmoid", "Tanh", "Hardswish",
+    "Hardsigmoid", "Hardtanh", "Softplus", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "AlphaDropout", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d", "Upsample", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d",
+    "ConstantPad3d", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d",
+    "ReplicationPad2d", "ReplicationPad3d"}
+_CHANNELWISE_FUNCS = {
+    "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "sigmoid", "tanh",
+    "hardswish", "hardsigmoid", "hardtanh", "softplus", "dropout", "dropout1d", "dropout2d", "dropout3d",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "interpolate", "pad", "contiguous", "clone", "detach", "float", "double", "half",
+    "to", "abs", "neg", "clamp", "clamp_", "square", "sqrt", "exp"}
+_ELEMENTWISE_BINARY = {"add", "iadd", "add_", "mul", "imul", "mul_", "sub", "isub", "sub_", "truediv", "div",
+                       "pow"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin"}
+
+
+def _name_of(node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _arg(node, i: int, key: str, default=None):
+    """Argument ``i`` (0 = the tensor for a method call) or keyword ``key`` of an fx node."""
+    if key in node.kwargs:
+        return node.kwargs[key]
+    return node.args[i] if len(node.args) > i else default
+
+
+def _flattens(node) -> bool:
+    """``torch.flatten(x, 1)``, ``x.flatten(1)``, ``x.view(x.size(0), -1)``, ``x.reshape(n, -1)``."""
+    name = _name_of(node)
+    if name == "flatten":
+        return _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1
+    if name in ("view", "reshape"):
+        dims = list(node.args[1:])
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = list(dims[0])
+        return len(dims) == 2 and dims[1] == -1
+    return False
+
+
+def _reduces_space(node) -> bool | None:
+    """For mean/sum/amax/amin: True if only spatial dims (all >= 2) are reduced, keepdim False
+    (the result is (N, C)); False if keepdim (still a map); None if dim 1 or a negative dim may be
+    among them (channels mixed, or unknown)."""
+    dims = _arg(node, 1, "dim")
+    if dims is None:
+        return None
+    dims = list(dims) if isinstance(dims, (tuple, list)) else [dims]
+    if not dims or not all(isinstance(d, int) and d >= 2 for d in dims):
+        return None
+    return not _arg(node, 2, "keepdim", False)
+
+
 def channel_readers(model, layer: str) -> tuple[list[str], str | None]:
-    """The layers that read ``layer``'s output channels, from the fx graph: downstream through
-    ops that keep channels apart (activations, pooling, dropout, flatten, reshapes), per-channel
-    layers (BatchNorm, InstanceNorm, depthwise convs) pass the channels on and are listed; convs
-    and Linears read them and end the walk. Returns ``(readers, None)``, or ``([], why)`` when the
-    channels meet another tensor (a residual add, a concat), reach the output, reach a layer that
-    mixes channels in another way (LayerNorm, GroupNorm), or fx cannot trace the model."""
+    """The layers that read ``layer``'s output channels, from the fx graph, walked downstream
+    through ops known to keep each channel to itself: activations, dropout, pooling, padding,
+    elementwise arithmetic among tensors that all come from the layer, reductions over spatial dims,
+    and a flatten to (N, C*H*W) (channel-major, so a Linear after it reads each channel as a block).
+    Per-channel layers (BatchNorm, InstanceNorm, depthwise convs) pass the channels on and are
+    listed; convs and Linears read them and end the walk. Returns ``(readers, None)``, or
+    ``([], why)`` for anything else: another tensor joining (a residual add, a concat), an op that
+    may mix or reorder channels (a permute, a softmax over channels, a reduction over them), a layer
+    that mixes them (LayerNorm, GroupNorm), the model's output, or a model fx cannot trace."""
     import torch
 
     modules = dict(model.named_modules())
@@ -459,36 +521,60 @@ def channel_readers(model, layer: str) -> tuple[list[str], str | None]:
     starts = [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == layer]
     if not starts:
         return [], f"the model's forward pass never calls {layer}"
+    flat0 = type(modules.get(layer)).__name__ == "Linear"   # a Linear's channels are features already
     found: list[str] = []
-    todo, seen = list(starts), set()
-    while todo:
-        node = todo.pop(0)
-        for user in node.users:
-            if user in seen or _shape_only(user):
-                continue
-            seen.add(user)
-            if user.op == "output":
-                return [], f"{layer}'s channels reach the model's output (they are its outputs)"
-            others = [a for a in _node_args(user) if a is not node and a not in seen]
-            if user.op == "call_module":
-                m = modules.get(str(user.target))
-                kind = type(m).__name__
-                has_params = any(True for _ in m.parameters(recurse=False)) if m is not None else False
-                if kind in PER_CHANNEL or (m is not None and is_depthwise(m)):
+    state = {n: flat0 for n in starts}   # node -> whether it holds the channels flattened (N, C*k)
+    declare = "; declare the coupled layers with then: if you know they stay apart"
+    for user in gm.graph.nodes:          # topological order: every input is decided before its users
+        if user in state or _shape_only(user):
+            continue
+        ins = _node_args(user)
+        tracked = [a for a in ins if a in state]
+        if not tracked:
+            continue
+        flat = state[tracked[0]]
+        what = f"{_name_of(user)} ({user.name})"
+        if user.op == "output":
+            return [], f"{layer}'s channels reach the model's output (they are its outputs)"
+        others = [a for a in ins if a not in state]
+        if user.op == "call_module":
+            m = modules.get(str(user.target))
+            kind = type(m).__name__
+            if kind in PER_CHANNEL or (m is not None and is_depthwise(m)):
+                if is_depthwise(m) and flat:
+                    return [], f"{user.target} reads a flattened map"
+                if str(user.target) not in found:
                     found.append(str(user.target))
-                    todo.append(user)
-                elif kind in READS_CHANNELS:
+                state[user] = flat
+            elif kind == "Linear" or (kind in READS_CHANNELS and not flat):
+                if kind == "Linear" and not flat:
+                    return [], f"{user.target} (Linear) reads {layer}'s map without a flatten: it mixes positions, " \
+                               "not channels" + declare
+                if str(user.target) not in found:
                     found.append(str(user.target))
-                elif has_params or list(m.children()):
-                    return [], f"{user.target} ({kind}) reads {layer}'s channels and is not a per-channel layer"
-                else:
-                    todo.append(user)  # ReLU, MaxPool, Dropout, Flatten, ...
-                continue
-            if others:
-                what = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", user.name)
-                return [], f"{layer}'s channels meet another tensor at {what} ({user.name}): a residual add or " \
-                           "a concat; declare the coupled layers with then:"
-            todo.append(user)
+            elif kind == "Flatten" and getattr(m, "start_dim", 0) == 1 and getattr(m, "end_dim", 0) == -1:
+                state[user] = True
+            elif kind in _CHANNELWISE_MODULES:
+                state[user] = flat
+            else:
+                return [], f"{user.target} ({kind}) reads {layer}'s channels and is not a per-channel layer" + declare
+            continue
+        name = _name_of(user)
+        if name in ("cat", "stack", "concat", "concatenate"):
+            return [], f"{layer}'s channels meet others in a concat at {what}" + declare
+        if others or (len(tracked) > 1 and name not in _ELEMENTWISE_BINARY) or \
+                any(state[a] != flat for a in tracked):
+            return [], f"{layer}'s channels meet another tensor at {what}: a residual add, a gate or a " \
+                       "concat" + declare
+        if name in _CHANNELWISE_FUNCS or name in _ELEMENTWISE_BINARY:
+            state[user] = flat
+        elif _flattens(user) and not flat:
+            state[user] = True
+        elif name in _REDUCTIONS and not flat and _reduces_space(user) is not None:
+            state[user] = bool(_reduces_space(user))
+        else:
+            return [], f"{what} may mix or reorder {layer}'s channels (a permute, a view, a softmax or a " \
+                       "reduction over them)" + declare
     return found, None
 
 

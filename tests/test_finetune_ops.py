@@ -214,6 +214,10 @@ def test_l1_selection_keeps_the_largest_norms_in_order(out, keep, seed):
 
 
 def test_a_pi_resize_too_big_to_compute_is_refused_at_plan_time():
-    with pytest.raises(OpError, match="PI-resize of a 64x64 kernel to 512x512 needs a 262,144 x 4,096 resize matrix"):
+    with pytest.raises(OpError, match="PI-resize of a 64x64 kernel to 512x512 needs a 262,144 x 4,096 matrix"):
         ResizeKernel((512, 512), "pi").shape(TensorMeta((8, 3, 64, 64), "float32"))
+    with pytest.raises(OpError, match="PI-resize of a 256x256 kernel to 8x8 needs a 65,536 x 65,536 matrix"):
+        ResizeKernel((8, 8), "pi").shape(TensorMeta((1, 1, 256, 256), "float32"))   # the basis counts (eye(old))
+    with pytest.raises(OpError, match="empty kernel"):
+        ResizeKernel((8, 8), "pi").shape(TensorMeta((0, 3, 16, 16), "float32"))
     assert ResizeKernel((512, 512), "bicubic").shape(TensorMeta((8, 3, 64, 64), "float32")).shape == (8, 3, 512, 512)

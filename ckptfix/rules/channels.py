@@ -73,6 +73,9 @@ class InChannels(Op):
         shape[ax] = n
         return meta.with_shape(shape)
 
+    def working(self, before, after):
+        return 8 * (before.numel + after.numel)  # a float32 (or float64) copy in, the pieces out
+
     def data(self, t):
         import torch
 
@@ -120,6 +123,9 @@ class Fresh(Op):
         if self.fill == "default" and not dtypes.get(meta.dtype).floating:
             raise OpError(f"fill default needs a floating-point tensor, got {meta.dtype}")
         return meta
+
+    def working(self, before, after):
+        return 4 * after.numel  # drawn in float32
 
     def data(self, t):
         import torch

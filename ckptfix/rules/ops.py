@@ -38,6 +38,10 @@ class Op:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def working(self, before: TensorMeta, after: TensorMeta) -> int:
+        """Bytes the data face holds besides its input and output (float32 copies, ...)."""
+        return 0
+
     def byte_span(self, meta: TensorMeta) -> tuple[int, int] | None:
         """``(offset, length)`` if the result's bytes are one run of the input's bytes (so they
         can be copied without being read); None if the op has to compute."""

@@ -72,13 +72,19 @@ class ResizeKernel(Op):
             raise OpError(f"kernel size {list(self.size)} must be positive")
         if self.method not in KERNEL_METHODS:
             raise OpError(f"method {self.method!r}: one of {', '.join(KERNEL_METHODS)}")
+        if 0 in meta.shape:
+            raise OpError(f"an empty kernel {fmt_shape(meta.shape)} cannot be resized")
         old, new = meta.shape[2] * meta.shape[3], self.size[0] * self.size[1]
-        if self.method == "pi" and old * new > MAX_PI_ENTRIES and tuple(meta.shape[2:]) != tuple(self.size):
+        if self.method == "pi" and max(old, new) * old > MAX_PI_ENTRIES and tuple(meta.shape[2:]) != tuple(self.size):
             raise OpError(f"PI-resize of a {meta.shape[2]}x{meta.shape[3]} kernel to {'x'.join(map(str, self.size))} "
-                          f"needs a {new:,} x {old:,} resize matrix and its pseudo-inverse, more than the "
-                          f"{MAX_PI_ENTRIES:,} entries ckptfix computes; use method: bicubic")
+                          f"needs a {max(old, new):,} x {old:,} matrix (its resize basis) and a pseudo-inverse, more "
+                          f"than the {MAX_PI_ENTRIES:,} entries ckptfix computes; use method: bicubic")
         _floating(meta)
         return meta.with_shape((*meta.shape[:2], *self.size))
+
+    def working(self, before, after):
+        # float32 copies of the input and of the result; the PI matrices (bounded by MAX_PI_ENTRIES)
+        return 4 * (before.numel + after.numel) + (3 * 4 * MAX_PI_ENTRIES if self.method == "pi" else 0)
 
     def data(self, t):
         old = tuple(t.shape[2:])
@@ -129,6 +135,8 @@ class ResamplePosEmbed(Op):
         if self.method not in METHODS:
             raise OpError(f"method {self.method!r}: one of {', '.join(METHODS)}")
         n = meta.shape[ax]
+        if meta.shape[-1] == 0:
+            raise OpError(f"a position embedding of dim 0 {fmt_shape(meta.shape)} has nothing to resample")
         h, w = self.old
         if n != self.prefix + h * w:
             raise OpError(f"{n} tokens, but {self.prefix} prefix + {h}x{w} grid = {self.prefix + h * w}")
@@ -136,6 +144,10 @@ class ResamplePosEmbed(Op):
         shape = list(meta.shape)
         shape[ax] = self.prefix + self.new[0] * self.new[1]
         return meta.with_shape(shape)
+
+    def working(self, before, after):
+        # the grid in float32, interpolated, permuted back, then joined to the prefix
+        return 4 * before.numel + 2 * 4 * after.numel
 
     def data(self, t):
         if tuple(self.old) == tuple(self.new):

@@ -221,7 +221,8 @@ class InChannelsOp(_Model):
     classes: list[str] | None = Field(None, description=CLASSES_DOC)
     size: int = Field(ge=1, description="the new number of input channels")
     mode: Literal["keep", "sum", "repeat"] = "keep"
-    map: dict[int, Union[Annotated[int, Field(ge=0)], list[Annotated[int, Field(ge=0)]]]] | None = Field(
+    map: dict[Annotated[int, Field(ge=0)], Union[Annotated[int, Field(ge=0)],
+                                                Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]]] | None = Field(
         None, description="mode keep: new channel -> source channel (or a list, summed), e.g. {3: 0}: NIR from red")
     fill: Literal["zeros", "mean"] = Field("zeros", description="mode keep: new channels the map does not name")
     axis: int = 1
@@ -288,6 +289,12 @@ class ChannelsOp(_Model):
         if self.keep is not None and self.by is not None:
             raise ValueError("give keep or by, not both")
         _check_keep(self.keep, self.size, "channel")
+        if self.then is not None:
+            twice = [n for i, n in enumerate(self.then) if n in self.then[:i]]
+            if twice:
+                raise ValueError(f"then lists {twice[0]!r} twice")
+            if self.layer in self.then:
+                raise ValueError(f"then lists the layer {self.layer!r} itself")
         return self
 
 
