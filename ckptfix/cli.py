@@ -261,8 +261,8 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             sug = run_suggest(r.metas(), tgt, classes=classes, configs=configs,
                               keras_config=config, source_format=r.format,
                               input_shape=_input_shape(input_shape),
-                              target_spec=_relative_to(target, Path(out).parent if out else None)
-                              if not target_kwargs else None, source=str(ckpt))
+                              target_spec=_relative_to(target, Path(out).parent if out else None),
+                              target_kwargs=_kwargs(target_kwargs), source=str(ckpt))
         if out is not None:
             with atomic_file(out) as tmp:
                 Path(tmp).write_text(sug.text)

@@ -113,10 +113,12 @@ POS_NAMES = re.compile(r"(^|[._/])(pos_embed|pos_embedding|position_embeddings?|
 # class heads by name (timm, torchvision, HF): wherever they sit, or a top-level fc (ResNet's)
 HEADS = re.compile(r"(^|\.)(head|head_dist|classifier|last_linear|logits)(\.fc)?$|^fc$")
 PREFIX_TOKENS = re.compile(r"(^|[._/])(cls_token|dist_token|reg_token|register_tokens)$")
+REGISTERS = re.compile(r"(^|[._/])(reg_token|register_tokens)$")
 
 
 def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
-             order: list[str] | None = None, *, partial: bool = False) -> list[Cause]:
+             order: list[str] | None = None, *, partial: bool = False,
+             groups: dict[str, int] | None = None) -> list[Cause]:
     """All causes at once, most fundamental first: a prefix, layouts, then each layer whose sizes
     differ gets its own cause (input channels of the first layer, classes of the last, a width
     elsewhere: pad/slice rules marked review); only what no rule can change (kernel sizes, ranks,
@@ -124,7 +126,7 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     (execution order where known). ``partial``: the names are only some of the model's (a pasted
     error lists the mismatched ones): the first of them is taken for the model's input layer only
     if it reads at most 4 channels, and the last is not taken for the classifier (heads are still
-    known by name)."""
+    known by name). ``groups``: the model's layers' conv groups, where known (a target model)."""
     causes: list[Cause] = []
     p = prefix_cause(ckpt, model)
     if p:
@@ -165,7 +167,7 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
     layer_shapes = {ly: ({n: ckpt[n] for n in ckpt if L.layer_of(n) == ly and ckpt[n] is not None},
                          {n: model[n] for n in model if L.layer_of(n) == ly and model[n] is not None})
                     for ly in by_layer}
-    chains, covered = width_chains([ly for ly in layer_order if ly in by_layer], layer_shapes)
+    chains, covered, settled = width_chains([ly for ly in layer_order if ly in by_layer], layer_shapes)
     causes += chains  # first: a layer a chain covers in part then gets pad/slice for the rest only
     unfixable = []
     in_order = [ly for ly in layer_order if ly in by_layer] + [ly for ly in by_layer if ly not in layer_order]
@@ -173,7 +175,9 @@ def diagnose(ckpt: dict[str, Shape | None], model: dict[str, Shape | None],
         if layer in covered:
             continue
         have, want = layer_shapes[layer]
-        c = size_cause(layer, have, want, layer == first, layer == last, patch=bool(pos) or "patch" in layer)
+        have = {n: settled.get(n, shp) for n, shp in have.items()}  # after the chains' rules
+        c = size_cause(layer, have, want, layer == first, layer == last, patch=bool(pos) or "patch" in layer,
+                       groups=(groups or {}).get(layer, 1))
         if c.fixable:
             causes.append(c)
         else:
@@ -201,18 +205,25 @@ def prefix_tokens(shapes: dict[str, Shape | None]) -> int:
     return sum((s[-2] if len(s) >= 2 else 1) for n, s in shapes.items() if s is not None and PREFIX_TOKENS.search(n))
 
 
-def pos_grids(name: str, a: Shape, b: Shape, prefix: int) -> tuple[int, tuple | None, tuple | None] | None:
+def has_registers(shapes: dict[str, Shape | None]) -> bool:
+    return any(REGISTERS.search(n) for n in shapes)
+
+
+def pos_grids(name: str, a: Shape, b: Shape, prefix: int, registers: bool = False
+              ) -> tuple[int, tuple | None, tuple | None] | None:
     """For a position embedding ``name`` of shape ``a`` where ``b`` is wanted: (prefix tokens,
     old grid, new grid), the grids None when not square; None when it is not a position embedding
-    whose token count changed. ``prefix``: the count the state dict shows, else 1 or 0, whichever
-    makes both grids square."""
+    whose token count changed. ``prefix``: the count the state dict shows (class, distillation and
+    register tokens); with none shown, 1 or 0, whichever makes both grids square. With register
+    tokens, 0 is tried next (timm's ``no_embed_class`` models embed the grid only). Otherwise a
+    count that is not square after the prefix shown stays unresolved: 4x6 + 1 = 25 tokens must not
+    be read as a 5x5 grid."""
     from .rules.resample import square_grid
 
     if not POS_NAMES.search(name) or len(a) != len(b) or len(a) not in (2, 3) or a[-1] != b[-1] or \
             (len(a) == 3 and (a[0], b[0]) != (1, 1)) or a == b:
         return None
-    # timm's no_embed_class models (register tokens) embed the grid only: 0 is tried after the count shown
-    tries = list(dict.fromkeys([prefix, 0, 1] if prefix else [1, 0]))
+    tries = [prefix, 0] if prefix and registers else [prefix] if prefix else [1, 0]
     for p in tries:
         old, new = square_grid(a[-2], p), square_grid(b[-2], p)
         if old and new:
@@ -224,17 +235,18 @@ def pos_embed_causes(mism: dict[str, tuple[Shape, Shape]], ckpt: dict[str, Shape
     """Absolute position embeddings whose token count differs (a new image or patch size): a
     ``resample_pos_embed`` rule each (``pos_grids``), or what to say when the grids are not square."""
     out = []
-    hint = prefix_tokens(ckpt)
+    hint, registers = prefix_tokens(ckpt), has_registers(ckpt)
     for n, (a, b) in mism.items():
-        found = pos_grids(n, a, b, hint)
+        found = pos_grids(n, a, b, hint, registers)
         if found is None:
             continue
         p, old, new = found
         if old is None or new is None:
+            alt = " (0 if it embeds the grid only)" if p else ""
             out.append(Cause(POS_EMBED, f"{n}: {a[-2]} -> {b[-2]} position tokens, not square grids after {p} "
                              f"prefix token(s): resample it with `- resample_pos_embed: {{keys: '{anchored([n])}', "
-                             f"from: [h, w], to: [h, w], prefix_tokens: {p}}}` once you know the grids",
-                             fixable=False, names=[n]))
+                             f"from: [h, w], to: [h, w], prefix_tokens: {p}}}`{alt} once you know the grids (rows "
+                             "first: a 224x256 image in 16x16 patches is [14, 16])", fixable=False, names=[n]))
             continue
         out.append(Cause(POS_EMBED, f"{n}: a position embedding for a {_g(old)} grid, the model's is {_g(new)} "
                          f"(a new image or patch size): resampled bicubic as timm resample_abs_pos_embed, the "
@@ -249,11 +261,13 @@ _OUT = ("out_channels", "out_features")
 _IN = ("in_channels", "in_features")
 
 
-def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]) -> tuple[list[Cause], set[str]]:
+def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]
+                 ) -> tuple[list[Cause], set[str], dict[str, Shape]]:
     """Coupled width changes: a layer whose output channels change a -> b, then (in order) the
     per-channel layers after it (norms, depthwise convs) changing a -> b, then the layer reading
     them (input channels a -> b, or a Linear's features a*k -> b*k). Each chain is one ``channels``
-    rule; ``covered`` are the layers whose every difference a chain explains."""
+    rule; ``covered`` are the layers whose every difference a chain explains, and ``settled`` the
+    shapes the chains' rules leave the tensors in (so the rest of a layer is resized from there)."""
     diffs = {}
     for ly in layers:
         have, want = shapes[ly]
@@ -265,6 +279,10 @@ def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]) -> tup
             continue
         diffs[ly] = ({d.attr: d for d in L.differences(a, b)}, a, have)
     causes, explained = [], {ly: set() for ly in diffs}
+    settled: dict[str, Shape] = {}
+
+    def settled_from(q: str) -> dict[str, Shape]:
+        return {n: settled.get(n, shp) for n, shp in shapes[q][0].items()}
     i = 0
     while i < len(layers):
         ly = layers[i]
@@ -292,6 +310,14 @@ def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]) -> tup
             break
         if not closed:
             continue
+        for q in [ly, *chain[:-1]]:  # the producer and what passes the channels on: axis 0 and per-channel tensors
+            for n, shp in settled_from(q).items():
+                if shp and shp[0] == old:
+                    settled[n] = (new, *shp[1:])
+        w = next((n for n in settled_from(chain[-1]) if L.split_key(n)[1] in ("weight", "kernel")), None)
+        if w is not None:
+            shp = settled_from(chain[-1])[w]
+            settled[w] = (shp[0], shp[1] * new // old, *shp[2:])
         explained[ly] |= set(k for k in _OUT if k in diffs[ly][0])
         for q in chain[:-1]:
             explained[q] |= set(diffs[q][0])
@@ -305,16 +331,18 @@ def width_chains(layers: list[str], shapes: dict[str, tuple[dict, dict]]) -> tup
                             names=sorted(n for q in [ly, *chain] for n in shapes[q][0] if shapes[q][0][n] != shapes[q][1].get(n))))
     covered = {ly for ly, done in explained.items() if done and done >= set(diffs[ly][0])}
     # a chain whose layers are not all explained still stands: the rest gets pad/slice rules
-    return causes, covered
+    return causes, covered, settled
 
 
 def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_first: bool, is_last: bool,
-               *, patch: bool = False) -> Cause:
+               *, patch: bool = False, groups: int = 1) -> Cause:
     """The cause of one layer's size differences (``have``/``want``: its tensors' shapes in the
     checkpoint, after any layout rules, and in the model), with the rules that fix it: input
     channels of the first layer adapted (``in_channels``, timm's sum/repeat), classes of the last
     (``num_classes``), a patch embedding's kernel PI-resized (``patch``: the model has a position
-    embedding, or the layer is named so), else pad/slice per axis (a width)."""
+    embedding, or the layer is named so), else pad/slice per axis (a width). ``groups``: the
+    model's layer's groups where known; a grouped conv (not depthwise) that differs at all is
+    another grouping, a different variant: its weight's axis 1 holds channels per group."""
     names = [n for n in have if n in want and have[n] != want[n]]
     rest = {n: (have[n], want[n]) for n in names}
     a = _layer(names[0], dict(have))
@@ -327,6 +355,12 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
     if shapes_ok and patch and attrs and "kernel_size" in attrs and attrs <= {"kernel_size", *L.IN_ATTRS} \
             and a.kind.startswith("Conv") and weight is not None and len(have[weight]) == 4:
         return _patch_cause(where, weight, ds, have[weight], want[weight])
+    depthwise = weight is not None and len(want[weight]) >= 3 and want[weight][1] == 1 and want[weight][0] == groups
+    if groups > 1 and not depthwise:
+        return Cause(VARIANT, f"{where}: a grouped convolution (groups={groups}) in the model, "
+                     + "; ".join(f"{n} {fmt_shape(rest[n][0])} vs {fmt_shape(rest[n][1])}" for n in names)
+                     + ": its weight holds channels per group, so another size is another grouping",
+                     fixable=False, names=sorted(names))
     if not shapes_ok or "kernel_size" in attrs or "groups" in attrs:
         why = "; ".join(map(str, ds)) or "; ".join(f"{n} {fmt_shape(rest[n][0])} vs {fmt_shape(rest[n][1])}"
                                                    for n in names)
@@ -366,12 +400,23 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
         for axis, (x, y) in enumerate(zip(have, want)):
             if x != y:
                 groups.setdefault((axis, x, y), []).append(n)
-    rules = [_resize_rule(layer, ns, axis, x, y) for (axis, x, y), ns in groups.items()]
+    norm = a.kind.startswith(("BatchNorm", "InstanceNorm"))
+    ones = [n for n in names if norm and L.split_key(n)[1] in ("weight", "running_var")]
+    rules = []
+    for (axis, x, y), ns in groups.items():
+        rest_ns = [n for n in ns if n not in ones]
+        if y > x and ones and set(ns) & set(ones):  # a fresh norm's new slots: weight 1, running_var 1
+            rules.append(_resize_rule(layer, [n for n in ns if n in ones], axis, x, y, one=True))
+            if rest_ns:
+                rules.append(_resize_rule(layer, rest_ns, axis, x, y))
+        else:
+            rules.append(_resize_rule(layer, ns, axis, x, y))
     grows = any(y > x for _, x, y in groups)
     shrinks = any(y < x for _, x, y in groups)
     keep = []
     if grows:
-        keep.append("padding with zeros keeps the old values; the new ones start at zero")
+        keep.append("padding keeps the old values; the new ones start at zero" +
+                    (" (a norm's weight and running_var at 1, as a fresh norm's)" if ones else ""))
     if shrinks:
         keep.append("slicing keeps the first entries")
     return Cause(kind, msg + ("; " + "; ".join(keep) if keep else ""), rules, review=True, names=sorted(names))
@@ -413,8 +458,10 @@ def _patch_cause(where: str, weight: str, ds, have: Shape, want: Shape) -> Cause
     return Cause(PATCH, msg, rules, review=True, names=[weight])
 
 
-def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int) -> dict:
+def _resize_rule(layer: str, names: list[str], axis: int, have: int, want: int, *, one: bool = False) -> dict:
     keys = anchored(names)
+    if want > have and one:
+        return {"pad": {"keys": keys, "axis": axis, "size": want, "fill": "constant", "value": 1.0}}
     if want > have:
         return {"pad": {"keys": keys, "axis": axis, "size": want, "fill": "zeros"}}
     return {"slice": {"keys": keys, "axis": axis, "stop": want}}

@@ -81,6 +81,7 @@ class Pair:
     reading: Reading
     how: str                              # same names | in order | out of order | only pair left | near
     differs: list[tuple[str, Shape, Shape]] = field(default_factory=list)  # (target key, converted, wanted)
+    by_name: bool = False                 # a near pair found under the target's own names
 
 
 @dataclass
@@ -281,7 +282,7 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
             continue
         r = next((r for r in pool[j][1] if len(r.units) == 1 and compatible(r.units[0], t, near=True)), None)
         if r is not None:
-            pairs.append(Pair([t], r, "near"))
+            pairs.append(Pair([t], r, "near", by_name=True))
             used.add(j)
             matched_t.add(t.index)
             paired[t.module] = r.src.name

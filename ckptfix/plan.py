@@ -346,6 +346,9 @@ class _Planner:
         w = self._weight(rule, s.layer)
         wm = self.entries[w].meta
         ax = s.axis
+        if wm.rank < 2:
+            raise self.err(rule, f"{s.layer} is not a classifier: its weight {w} is {fmt_shape(wm.shape)} (a head's "
+                           "weight is (classes, features))")
         if not -wm.rank <= ax < wm.rank:
             raise self.err(rule, f"{w} {fmt_shape(wm.shape)} has no axis {ax}")
         old = wm.shape[ax]
@@ -400,6 +403,9 @@ class _Planner:
             bad = [k for k in s.keep if k >= old]
             if bad:
                 raise self.err(rule, f"keep: channel {bad[0]} is out of range for the {old} channels of {s.layer}")
+        if s.by == "l1" and s.size >= old:
+            raise self.err(rule, f"by: l1 chooses the channels to keep when pruning; this rule takes {s.layer} from "
+                           f"{old} to {s.size} channels")
         sel = None
         if s.by == "l1" and s.size < old:
             e = self.entries[w]
@@ -644,7 +650,9 @@ def fit_report(metas: dict[str, TensorMeta], target: Target) -> Fit:
         from .diagnose import diagnose
 
         causes = diagnose({n: m.shape for n, m in metas.items()}, {n: m.shape for n, m in target.tensors.items()},
-                          execution_order(target))
+                          execution_order(target),
+                          groups={n: ly.attrs["groups"] for n, ly in target.layers.items()
+                                  if isinstance(ly.attrs.get("groups"), int) and ly.attrs["groups"] > 1})
     return Fit(fits=fits, missing=missing, unexpected=unexpected, mismatched=mismatched,
                params=count_params(metas, target), target_params=target.params, notes=notes, causes=causes)
 
@@ -677,9 +685,10 @@ def mismatch_hint(name: str, have: TensorMeta, want: TensorMeta, metas, target: 
         if diff:
             parts.append("; ".join(map(str, diff)))
         parts.append(f"{ours.params} vs {tl.params} params")
-    from .diagnose import pos_grids, prefix_tokens
+    from .diagnose import has_registers, pos_grids, prefix_tokens
 
-    pos = pos_grids(name, have.shape, want.shape, prefix_tokens({n: m.shape for n, m in metas.items()}))
+    shapes = {n: m.shape for n, m in metas.items()}
+    pos = pos_grids(name, have.shape, want.shape, prefix_tokens(shapes), has_registers(shapes))
     if pos is not None:
         p, old, new = pos
         grid = (lambda g, n: "x".join(map(str, g)) + " grid" if g else f"{n - p} tokens, not a square grid")

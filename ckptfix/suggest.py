@@ -103,7 +103,7 @@ def _prefix_rules(metas: dict[str, TensorMeta], target: Target, rules: _Rules) -
 
 def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, str] | None = None,
             configs: dict[str, dict] | None = None, keras_config=None, source_format: str = "",
-            target_spec: str | None = None, source: str = "the checkpoint",
+            target_spec: str | None = None, target_kwargs: dict | None = None, source: str = "the checkpoint",
             input_shape: tuple[int, ...] | None = None) -> Suggestion:
     classes = classes or {}
     configs = configs or {}
@@ -118,7 +118,7 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     config_order = [p for p, _, _ in walk_config(keras_config)] if keras_config else None
     m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed), layer_order=config_order)
     rules.header += [f"# {n}" for n in m.notes]
-    if not m.ordered:
+    if not m.ordered and any(p.how != "same names" and not p.by_name for p in m.pairs):
         rules.header.append("# review: the checkpoint's layer order is lost (sorted names): layers of the same "
                             "shapes were paired in natural name order (conv2d, conv2d_1, ...). Check them, or give "
                             "the model's config with --keras-config")
@@ -133,7 +133,7 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     _build(m, work, target, tr, keras_config, configs, rules)
     typed = rules.typed()
     plan = make_plan(metas, typed, target, classes=classes, layer_configs=configs)
-    text = _render(rules, target_spec, source)
+    text = _render(rules, target_spec, source, target_kwargs)
     fit = plan.fit
     unmatched = {} if fit is None or fit.fits else {"missing": fit.missing, "unexpected": fit.unexpected,
                                                       "mismatched": fit.mismatched}
@@ -308,7 +308,7 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
         have = {k: got for k, got, _ in p.differs}
         shapes[t.module] = ({k: have.get(k, t.shapes[v]) for v, k in t.keys.items()},
                             {k: t.shapes[v] for v, k in t.keys.items()})
-    chains, covered = D.width_chains([p.targets[0].module for p in near], shapes)
+    chains, covered, settled = D.width_chains([p.targets[0].module for p in near], shapes)
     for c in chains:
         for r in c.rules:
             op, body = next(iter(r.items()))
@@ -317,8 +317,12 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
         t = p.targets[0]
         if t.module in covered:
             continue
-        have = {k: got for k, got, _ in p.differs}
+        have = {k: settled.get(k, got) for k, got, _ in p.differs}   # after the chains' rules
         want = {k: w for k, _, w in p.differs}
+        have = {k: v for k, v in have.items() if v != want[k]}
+        want = {k: want[k] for k in have}
+        if not have:
+            continue
         pos = D.pos_embed_causes({k: (have[k], want[k]) for k in have}, {k: m.shape for k, m in target.tensors.items()})
         for c in pos:
             if not c.fixable:
@@ -334,8 +338,9 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
         for v, k in t.keys.items():  # the layer's other tensors, for reading it
             have.setdefault(k, t.shapes[v])
             want.setdefault(k, t.shapes[v])
+        g = t.attrs.get("groups")
         cause = D.size_cause(t.module, have, want, t.index == first, t.index == last,
-                             patch=bool(pos_embed) or "patch" in t.module)
+                             patch=bool(pos_embed) or "patch" in t.module, groups=g if isinstance(g, int) else 1)
         if not cause.fixable:
             rules.problems.append(f"{cause.message}: no rule makes these weights compute the same thing")
             continue
@@ -354,7 +359,7 @@ def _review_rules(m: Matching, target: Target, tr: Trace, rules: _Rules) -> None
                   f"review: the target has no place for {len(m.unplaced)} tensor(s): {_short(m.unplaced)}")
 
 
-def _render(rules: _Rules, target_spec: str | None, source: str) -> str:
+def _render(rules: _Rules, target_spec: str | None, source: str, target_kwargs: dict | None = None) -> str:
     import yaml
 
     out = [f"# Rules written by `ckptfix suggest` for {source}",
@@ -365,6 +370,8 @@ def _render(rules: _Rules, target_spec: str | None, source: str) -> str:
     doc: dict = {"ckptfix": 1}
     if target_spec:
         doc["target"] = target_spec
+        if target_kwargs:
+            doc["target_kwargs"] = target_kwargs
     out.append(yaml.safe_dump(doc, sort_keys=False, width=200).rstrip())
     if not rules.items:
         out.append("rules: []")

@@ -607,3 +607,61 @@ def test_working_copies_count_against_memory(tmp_path, monkeypatch):
                          tmp_path / "o.safetensors")
     assert not res.ok and res.exit_code == 2 and "(input, output and working copies)" in res.error, res.error
     assert not (tmp_path / "o.safetensors").exists()
+
+
+# --- new-user round: each of these once gave a wrong answer ------------------------------------
+
+def test_a_non_square_grid_with_a_class_token_is_not_read_as_a_square_one():
+    """4x6 + 1 class token = 25 tokens: not a 5x5 grid with no prefix (the class token would be
+    resampled with the grid). Only a checkpoint with register tokens may embed the grid only."""
+    a, b = nets.TinyViT(img_size=(32, 48)), nets.TinyViT(img_size=(48, 64))
+    (cause,) = diagnose({n: tuple(v.shape) for n, v in a.state_dict().items()},
+                        {n: tuple(v.shape) for n, v in b.state_dict().items()})
+    assert not cause.fixable and "prefix_tokens: 1" in cause.message and "[14, 16]" in cause.message
+
+
+def test_a_change_of_groups_is_a_variant_in_diff_and_suggest(tmp_path):
+    class G(nn.Module):
+        def __init__(self, g=1):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3, groups=g), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(self.conv2(self.conv1(x)).mean((2, 3)))
+
+    _save(G(1), tmp_path / "a.safetensors")
+    (cause,) = api.diff(tmp_path / "a.safetensors", from_module(G(2), "t")).causes
+    assert cause.kind == "variant" and "grouped convolution (groups=2)" in cause.message
+    s = suggest(from_module(G(1), "s").tensors, from_module(G(2), "t"))
+    assert not s.fits and any("grouped convolution (groups=2)" in p for p in s.problems)
+
+
+def test_suggest_with_target_kwargs_writes_them_so_apply_validates(tmp_path, cli):
+    _save(_randomised(nets.TimmLike(3, 10), 30, torch.float32), tmp_path / "a.safetensors")
+    rules = tmp_path / "r.yaml"
+    assert cli("suggest", tmp_path / "a.safetensors", "--target", f"{NETS}:TimmLike", "--target-kwargs",
+               "{in_chans: 1, num_classes: 4}", "-o", rules).exit_code == 0
+    import yaml
+
+    doc = yaml.safe_load(rules.read_text())
+    assert doc["target_kwargs"] == {"in_chans": 1, "num_classes": 4} and doc["target"].endswith("nets.py:TimmLike")
+    r = cli("apply", tmp_path / "a.safetensors", "-r", rules, "-o", tmp_path / "o.safetensors", "--json")
+    assert r.exit_code == 0 and '"fits": true' in r.stdout
+
+
+def test_more_refusals_in_one_line(tmp_path):
+    _save(nets.WideCNN(), tmp_path / "a.safetensors")
+    for rules, want in [
+        ("- num_classes: {layer: bn1, size: 5}", "bn1 is not a classifier: its weight bn1.weight is [8]"),
+        ("- channels: {layer: conv1, size: 12, by: l1, then: [bn1, dw, conv2]}",
+         "by: l1 chooses the channels to keep when pruning; this rule takes conv1 from 8 to 12"),
+    ]:
+        res = api.apply_file(tmp_path / "a.safetensors", parse_text("rules:\n" + rules + "\n"), tmp_path / "o.safetensors")
+        assert not res.ok and want in res.error and "\n" not in res.error, res.error
+    with pytest.raises(RulesError, match="unknown field 'form'.*did you mean 'from'"):
+        parse_text("rules:\n- resample_pos_embed: {keys: p, form: [4, 4], to: [6, 6]}\n")
+    with pytest.raises(RulesError, match="unknown field 'from_'"):
+        parse_text("rules:\n- resample_pos_embed: {keys: p, from_: [4, 4], to: [6, 6]}\n")
+    with pytest.raises(RulesError) as e:
+        parse_text("rules:\n- num_classes: {layer: head, size: 2, keep: [1, 1]}\n")
+    assert str(e.value).count("num_classes") == 1 and "num_classes rule: keep lists a class twice" in str(e.value)

@@ -315,6 +315,8 @@ class ResamplePosEmbedOp(_Model):
     """Resample a ViT absolute position embedding (1, P + h*w, D) or (P + h*w, D) from one grid to
     another, the ``prefix_tokens`` (class token, ...) kept, as timm resample_abs_pos_embed."""
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)  # `from`, never the Python name `from_`
+
     keys: Keys = Field(description=KEYS_DOC)
     to: list[Annotated[int, Field(ge=1)]] = Field(min_length=2, max_length=2, description="the new grid [h, w]")
     from_: list[Annotated[int, Field(ge=1)]] | None = Field(
@@ -327,6 +329,8 @@ class ResamplePosEmbedOp(_Model):
 class BnEpsOp(_Model):
     """Fold an eps difference into BatchNorm running variances: running_var += from - to, so that
     a layer with eps ``to`` computes what the source computed with eps ``from``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)  # `from`/`to`, not from_eps/to_eps
 
     keys: Keys = Field(description=KEYS_DOC + " (the running variance tensors)")
     from_eps: float = Field(alias="from", gt=0, allow_inf_nan=False)
@@ -521,16 +525,18 @@ def _pydantic_error(e: ValidationError, model: type[_Model], base: tuple, lines:
     loc = tuple(err.get("loc", ()))
     path = base + loc
     line = _line_for(lines, path)
+    fields = [f.alias or name for name, f in model.model_fields.items()]   # as a rules file spells them
     if err["type"] == "extra_forbidden":
         field = loc[-1]
-        hint = _suggest(field, model.model_fields)
+        hint = _suggest(field, fields)
         return RulesError(f"unknown field {field!r} in {base[-1]} rule", source=source, line=line,
-                          hint=hint or f"fields: {', '.join(model.model_fields)}")
-    what = ".".join(str(x) for x in loc) if loc else base[-1]
+                          hint=hint or f"fields: {', '.join(fields)}")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         return RulesError(f"{base[-1]} rule needs field {loc[-1]!r}", source=source, line=line)
-    return RulesError(f"{base[-1]} rule: {what}: {msg}", source=source, line=line)
+    if not loc:  # a check across fields
+        return RulesError(f"{base[-1]} rule: {msg}", source=source, line=line)
+    return RulesError(f"{base[-1]} rule: {'.'.join(str(x) for x in loc)}: {msg}", source=source, line=line)
 
 
 def looks_like_rules(data: Any) -> bool:
