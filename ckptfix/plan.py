@@ -242,24 +242,15 @@ class _Planner:
         names = self.select(rule, s.keys, required=not (op == "cast" and s.keys is None))
         if op == "pad" and s.fill == "default":
             names.sort(key=lambda n: self.entries[n].meta.rank < 2)  # weights first: biases need their fan_in
-        changes = []
-        summary = ""
-        for n in names:
-            e = self.entries[n]
+        changes, summary = [], ""
+        for n in names:  # bound and applied one by one: a bias's fan_in is read off its weight as padded
             try:
-                bound = self._bind(rule, n, e.meta)
-                if bound is None:
-                    continue
-                new = bound.shape(e.meta)
+                bound = self._bind(rule, n, self.entries[n].meta)
             except OpError as ex:
-                raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
-            self.check_size(rule, n, e.meta, new, bound)
-            summary = bound.describe()
-            if new != e.meta:
-                changes.append(f"{n} {fmt_shape(e.meta.shape)}{'' if new.dtype == e.meta.dtype else ' ' + e.meta.dtype}"
-                               f" -> {fmt_shape(new.shape)}{'' if new.dtype == e.meta.dtype else ' ' + new.dtype}")
-            e.ops.append(bound)
-            e.meta = new
+                raise self.err(rule, f"{n} {fmt_shape(self.entries[n].meta.shape)}: {ex}") from None
+            if bound is not None:
+                changes += self._apply(rule, [(n, bound)])
+                summary = bound.describe()
         return changes, names, summary or _spec_summary(rule)
 
     def _split(self, rule: Rule) -> tuple[list[str], list[str], str]:
@@ -296,13 +287,20 @@ class _Planner:
                            f"layers look like: {', '.join(layers[:3])}")
         return names
 
-    def _weight(self, rule: Rule, layer: str) -> str:
+    def _find_weight(self, layer: str, min_rank: int = 1) -> str | None:
+        """The layer's weight (``weight``, or Keras' ``kernel``) among the current tensors."""
         for var in ("weight", "kernel"):
-            for sep in ("." , "/"):
+            for sep in (".", "/"):
                 n = L.join_key(layer, var, sep)
-                if n in self.entries and self.entries[n].meta.rank >= 1:
+                if n in self.entries and self.entries[n].meta.rank >= min_rank:
                     return n
-        raise self.err(rule, f"layer {layer!r} has no weight")
+        return None
+
+    def _weight(self, rule: Rule, layer: str) -> str:
+        w = self._find_weight(layer)
+        if w is None:
+            raise self.err(rule, f"layer {layer!r} has no weight")
+        return w
 
     def _kind(self, layer: str, name: str) -> str:
         """The torch class of a layer: the target's, else the file's class, else read from shapes."""
@@ -335,7 +333,8 @@ class _Planner:
                 raise self.err(rule, f"{n} {fmt_shape(e.meta.shape)}: {ex}") from None
             self.check_size(rule, n, e.meta, new, op)
             if new != e.meta:
-                changes.append(f"{n} {fmt_shape(e.meta.shape)} -> {fmt_shape(new.shape)}")
+                d0, d1 = ("", "") if new.dtype == e.meta.dtype else (" " + e.meta.dtype, " " + new.dtype)
+                changes.append(f"{n} {fmt_shape(e.meta.shape)}{d0} -> {fmt_shape(new.shape)}{d1}")
             e.ops.append(op)
             e.meta = new
         return changes
@@ -580,11 +579,9 @@ class _Planner:
             ax = rule.spec.axis % meta.rank
             shape[ax] = rule.spec.size
             return L.fan_in(tuple(shape))
-        layer, _ = L.split_key(name)
-        for wname in ("weight", "kernel"):
-            w = self.entries.get(L.join_key(layer, wname)) or self.entries.get(L.join_key(layer, wname, "/"))
-            if w is not None and w.meta.rank >= 2:
-                return L.fan_in(w.meta.shape)
+        w = self._find_weight(L.split_key(name)[0], min_rank=2)
+        if w is not None:
+            return L.fan_in(self.entries[w].meta.shape)
         raise self.err(rule, f"{name}: fill 'default' needs the layer's weight to compute fan_in "
                        "(none found beside it)")
 

@@ -58,6 +58,18 @@ class Trace:
     feeds: dict[str, str] = field(default_factory=dict)   # layer -> the layer whose output it reads
 
 
+def symbolic(model):
+    """``(torch.fx.symbolic_trace(model), None)``, or ``(None, the exception's class name)``."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.fx.symbolic_trace(model), None
+    except Exception as e:  # noqa: BLE001 - any model code can fail to trace
+        return None, type(e).__name__
+
+
 def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
     """Trace ``model`` (built on the meta device). ``input_shape``: the model's input (with batch)
     when known, so the flattened maps' shapes are exact."""
@@ -66,12 +78,9 @@ def trace(model, input_shape: tuple[int, ...] | None = None) -> Trace:
     modules = dict(model.named_modules())
     registered = [n for n, m in modules.items() if any(True for _ in m.parameters(recurse=False))
                   or any(b is not None for b in m._buffers.values())]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any model code can fail to trace
-        return Trace(registered, False, note=f"torch.fx could not trace the model ({type(e).__name__}); "
+    gm, err = symbolic(model)
+    if gm is None:
+        return Trace(registered, False, note=f"torch.fx could not trace the model ({err}); "
                      "layers are taken in registration order")
     def flattens_now() -> dict[str, Flatten]:
         out = {}
@@ -512,12 +521,9 @@ def channel_readers(model, layer: str) -> tuple[list[str], str | None]:
     import torch
 
     modules = dict(model.named_modules())
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gm = torch.fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001 - any model code can fail to trace
-        return [], f"torch.fx could not trace the model ({type(e).__name__})"
+    gm, err = symbolic(model)
+    if gm is None:
+        return [], f"torch.fx could not trace the model ({err})"
     starts = [n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == layer]
     if not starts:
         return [], f"the model's forward pass never calls {layer}"

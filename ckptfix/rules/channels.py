@@ -8,13 +8,12 @@ largest L1 norms). Both faces side by side, as in ``ops``.
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 
 from .. import dtypes
 from ..tensors import fmt_shape
-from .ops import Op, OpError, Pad, _axis, _index_select
+from .ops import Op, OpError, Pad, _axis, _index_select, default_init
 
 IN_MODES = ("keep", "sum", "repeat")
 NEW_FILLS = ("zeros", "mean")
@@ -132,9 +131,7 @@ class Fresh(Op):
 
         if self.fill == "zeros":
             return torch.zeros_like(t)
-        g = torch.Generator().manual_seed(self.seed)
-        bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in else 0.0
-        return ((torch.rand(tuple(t.shape), generator=g, dtype=torch.float32) * 2 - 1) * bound).to(t.dtype)
+        return default_init(t.shape, self.seed, self.fan_in, t.dtype)
 
     def describe(self):
         return f"re-initialise ({self.fill}{', PyTorch init' if self.fill == 'default' else ''})"

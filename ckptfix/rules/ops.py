@@ -292,6 +292,17 @@ class Slice(Op):
 FILLS = ("zeros", "constant", "normal", "default", "mean", "repeat")
 
 
+def default_init(shape, seed: int, fan_in: int | None, dtype):
+    """What PyTorch's ``reset_parameters`` draws for a layer with this ``fan_in``: uniform(-b, b),
+    b = 1/sqrt(fan_in) (``kaiming_uniform_(a=sqrt(5))`` for weights, the same bound for biases),
+    from a generator seeded with ``seed``, drawn in float32 and cast to ``dtype``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+    return ((torch.rand(tuple(shape), generator=g, dtype=torch.float32) * 2 - 1) * bound).to(dtype)
+
+
 def tensor_seed(seed: int, key: str) -> int:
     """A per-tensor seed: reproducible, and different tensors get different draws."""
     return (seed * 1_000_003 + zlib.crc32(key.encode())) % (2**63)
@@ -349,12 +360,11 @@ class Pad(Op):
         elif self.fill == "mean":
             new = t.float().mean(dim=ax, keepdim=True).expand(shape).to(t.dtype)
         else:
-            g = torch.Generator().manual_seed(self.seed)
             if self.fill == "normal":
+                g = torch.Generator().manual_seed(self.seed)
                 new = (torch.randn(shape, generator=g, dtype=torch.float32) * self.std).to(t.dtype)
-            else:  # default
-                bound = 1.0 / math.sqrt(self.fan_in) if self.fan_in else 0.0
-                new = ((torch.rand(shape, generator=g, dtype=torch.float32) * 2 - 1) * bound).to(t.dtype)
+            else:
+                new = default_init(shape, self.seed, self.fan_in, t.dtype)
         return torch.cat([t, new], dim=ax)
 
     def describe(self):
