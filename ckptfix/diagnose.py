@@ -419,6 +419,9 @@ def size_cause(layer: str, have: dict[str, Shape], want: dict[str, Shape], is_fi
                     (" (a norm's weight and running_var at 1, as a fresh norm's)" if ones else ""))
     if shrinks:
         keep.append("slicing keeps the first entries")
+    if a.kind in ("LayerNorm", "GroupNorm") and (grows or shrinks):
+        keep.append(f"but a {a.kind} normalises across its channels: with another width its statistics change, "
+                    "so the outputs change too (no padding keeps them)")
     return Cause(kind, msg + ("; " + "; ".join(keep) if keep else ""), rules, review=True, names=sorted(names))
 
 

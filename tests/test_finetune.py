@@ -665,3 +665,22 @@ def test_more_refusals_in_one_line(tmp_path):
     with pytest.raises(RulesError) as e:
         parse_text("rules:\n- num_classes: {layer: head, size: 2, keep: [1, 1]}\n")
     assert str(e.value).count("num_classes") == 1 and "num_classes rule: keep lists a class twice" in str(e.value)
+
+
+def test_a_layernorm_width_change_does_not_promise_the_old_outputs():
+    """A ConvNeXt-style block (depthwise, channels-last LayerNorm, Linear pointwise convs): padding
+    the LayerNorm keeps its values but not its statistics, and the rule's comment says so."""
+    class Block(nn.Module):
+        def __init__(self, w=8):
+            super().__init__()
+            self.stem, self.dw = nn.Conv2d(3, w, 4, 4), nn.Conv2d(w, w, 7, padding=3, groups=w)
+            self.norm, self.pw1, self.pw2, self.head = nn.LayerNorm(w), nn.Linear(w, 4 * w), nn.Linear(4 * w, w), nn.Linear(w, 5)
+
+        def forward(self, x):
+            x = self.stem(x)
+            y = self.pw2(F.gelu(self.pw1(self.norm(self.dw(x).permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+            return self.head((x + y).mean((2, 3)))
+
+    s = suggest(from_module(Block(8), "s").tensors, from_module(Block(12), "t"))
+    norm_lines = [ln for ln in s.text.splitlines() if "norm:" in ln and "review" in ln]
+    assert norm_lines and all("its statistics change, so the outputs change too" in ln for ln in norm_lines), s.text
