@@ -20,6 +20,10 @@ TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 SHARD_INDEX = "model.safetensors.index.json"  # huggingface_hub's sharded-safetensors index
 PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # file names PyTorch checkpoints go by
 TF_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")  # the last 8 bytes of a TF checkpoint's .index
+SAVED_MODEL = "saved_model.pb"  # a TF SavedModel directory: this + variables/variables.index
+DCP_METADATA = ".metadata"      # a torch.distributed.checkpoint directory: this + *.distcp
+KNOWN = ("safetensors, PyTorch zip/pickle, TorchScript, Keras .h5/.keras, TF checkpoint or SavedModel, "
+         "ONNX, Flax msgpack, torch.distributed.checkpoint, .npz/.npy")
 
 
 def _tail(path: Path, n: int) -> bytes:
@@ -47,8 +51,7 @@ def _not_a_checkpoint(path: Path, head: bytes) -> InputError:
     if head[:6] == b"7z\xbc\xaf\x27\x1c" or head[:3] == b"\x1f\x8b\x08" or head[:3] == b"BZh":
         return InputError(path, "is a compressed archive (7z/gzip/bzip2), not a checkpoint",
                           hint="extract it first")
-    return InputError(path, "is not a checkpoint format ckptfix knows "
-                      "(safetensors, PyTorch zip/pickle, Keras .h5/.keras, TF checkpoint, .npz/.npy)")
+    return InputError(path, f"is not a checkpoint format ckptfix knows ({KNOWN})")
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -76,10 +79,14 @@ def classify(path: str | Path) -> str:
             return "safetensors-sharded"
         if (p / "checkpoint").is_file() or any(p.glob("*.index")):
             return "tf-checkpoint"
+        if (p / SAVED_MODEL).is_file() or (p / "variables" / "variables.index").is_file():
+            return "tf-checkpoint"  # a SavedModel root: its variables/ bundle (tf_bundle.resolve_prefix)
+        if (p / DCP_METADATA).is_file():
+            return "dcp"
         if any(p.glob("*.weights.json")):
             return "keras-sharded"
-        raise InputError(p, "is a directory with no model.safetensors.index.json, "
-                         "TF checkpoint or Keras sharded weights in it")
+        raise InputError(p, "is a directory with no model.safetensors.index.json, TF checkpoint or "
+                         "SavedModel, torch.distributed.checkpoint .metadata or Keras sharded weights in it")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
         kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
@@ -109,6 +116,10 @@ def classify(path: str | Path) -> str:
         return "safetensors"
     if head[:1] == b"\x80":
         return "pt-legacy"
+    if _looks_like_msgpack_map(head):
+        return "flax-msgpack"
+    if _looks_like_onnx(head):
+        return "onnx"
     if st.st_size >= 48 and _tail(p, 8) == TF_TABLE_MAGIC:  # a TF index, whatever its data shards' state
         return "tf-checkpoint"
     if p.name.endswith(".index") and Path(str(p)[: -len(".index")] + ".data-00000-of-00001").exists():
@@ -118,6 +129,53 @@ def classify(path: str | Path) -> str:
     if _looks_like_old_pickle(head):
         return "pt-legacy"  # torch.load refuses it, and the error names its globals
     raise _not_a_checkpoint(p, head)
+
+
+def _looks_like_msgpack_map(head: bytes) -> bool:
+    """flax.serialization's msgpack: a non-empty map (fixmap 0x81-0x8f, map16, map32) whose first
+    key is a string. (0x80, an empty fixmap, is a pickle's PROTO opcode: taken above.)"""
+    b0 = head[0]
+    if 0x81 <= b0 <= 0x8F:
+        key = head[1]
+    elif b0 == 0xDE and len(head) > 3:
+        key = head[3]
+    elif b0 == 0xDF and len(head) > 5:
+        key = head[5]
+    else:
+        return False
+    return 0xA0 <= key <= 0xBF or key in (0xD9, 0xDA, 0xDB)
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    """An ONNX ModelProto: protobuf with no magic. Its first fields are ModelProto's (1
+    ir_version, 2-4 producer/domain strings, 5 model_version, 6 doc, 7 graph, 8 opset_import,
+    14 metadata_props, 20 training_info, 25 functions, 26 configuration), in a wire type that fits
+    each, and an ir_version field among the first three (torch, tf2onnx and onnx.helper write it
+    first)."""
+    from .protowire import Corrupt, read_varint
+
+    wires = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+    pos, seen = 0, []
+    try:
+        while len(seen) < 3 and pos < len(head):
+            tag, pos = read_varint(head, pos)
+            field, wire = tag >> 3, tag & 7
+            if wires.get(field) != wire:
+                return False
+            if wire == 0:
+                value, pos = read_varint(head, pos)
+                if field == 1 and not 1 <= value <= 64:
+                    return False
+            else:
+                n, pos = read_varint(head, pos)
+                if field == 7:  # the graph: its size is the rest of the file, not of the head
+                    seen.append(field)
+                    break
+                pos += n
+            seen.append(field)
+    except Corrupt:
+        return False
+    return 1 in seen
 
 
 _OLD_PICKLE_START = re.compile(rb"c[\w.]+\n[\w.]+\n|\([dltcVSILFN)}\]]|L\d+L?\n|I\d+\n|[}\]]")
@@ -154,6 +212,9 @@ def _classify_zip(p: Path) -> str:
         raise InputError(p, f"zip archive has duplicate entries ({', '.join(dups[:3])}): ambiguous, "
                          "corrupt or hostile file")
     if any(n.endswith("data.pkl") for n in names):
+        # TorchScript (torch.jit.save) keeps its module's code and constants beside data.pkl
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "torchscript"
         return "pt"
     if "config.json" in names and ("metadata.json" in names or any(
             n.endswith(".weights.h5") or n == "model.weights.h5" for n in names)):
@@ -182,6 +243,10 @@ READERS = {
     "tf-checkpoint": ("tf_bundle", "TFCheckpointReader"),
     "npz": ("numpy_io", "NpzReader"),
     "npy": ("numpy_io", "NpyReader"),
+    "torchscript": ("torchscript_io", "TorchScriptReader"),
+    "onnx": ("onnx_io", "OnnxReader"),
+    "flax-msgpack": ("flax_io", "FlaxReader"),
+    "dcp": ("dcp_io", "DcpReader"),
 }
 
 
