@@ -39,6 +39,11 @@ def inspect_text(info: dict) -> str:
     rows = [[ly["name"] or "(root)", ly["description"], human_count(ly["params"])] for ly in info["layers"]]
     out.append(_table(rows, ["layer", "reads as", "params"]))
     out.append(f"total params: {human_count(info['params'])}")
+    if info.get("not_weights"):  # reader extras: stored entries that are not model weights, and why
+        kinds: dict[str, int] = {}
+        for why in info["not_weights"].values():
+            kinds[why.split(" of ")[0]] = kinds.get(why.split(" of ")[0], 0) + 1
+        out.append("not weights (not counted): " + ", ".join(f"{_s(k)} {n}" for k, n in kinds.items()))
     for w in info.get("warnings", []):
         out.append(f"warning: {_s(w)}")
     return "\n".join(out)

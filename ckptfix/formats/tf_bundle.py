@@ -12,18 +12,23 @@ Names
 -----
 * TF1 ``Saver`` checkpoints keep their names (``conv1/weights``, ``bn1/moving_mean``).
 * TF2 object-graph checkpoints (keys ending in ``/.ATTRIBUTES/VARIABLE_VALUE``) are renamed to
-  ``<layer>/<variable>`` using the ``_CHECKPOINTABLE_OBJECT_GRAPH`` tensor: the attribute's
-  ``full_name`` (the ``tf.Variable`` name, which Keras sets to ``<layer>/<variable>``) is used
-  when it has that form and is unique; otherwise the object path with the
-  ``/.ATTRIBUTES/VARIABLE_VALUE`` suffix removed. ``extras()["original_keys"]`` maps the new
-  names back to the checkpoint keys.
+  ``<layer>/<variable>`` using the ``_CHECKPOINTABLE_OBJECT_GRAPH`` tensor, per variable: the
+  attribute's ``full_name`` (the ``tf.Variable`` name, which Keras sets to ``<layer>/<variable>``)
+  when it has that form and no other variable has it; otherwise that variable's object path with
+  the ``/.ATTRIBUTES/VARIABLE_VALUE`` suffix removed (a warning names them). Variables saved twice
+  under one full name with the same dtype, shape and CRC (Keras 3 ``model.export`` tracks
+  ``variables`` and ``_all_variables``) are one variable: the first copy in model order is kept.
+  ``extras()["original_keys"]`` maps the new names back to the checkpoint keys.
+* A SavedModel root (``saved_model.pb`` + ``variables/variables.{index,data-*}``) is read as its
+  ``variables/variables`` bundle; ``saved_model.pb`` itself (the graph) is not read.
 
-Entries that are not model weights are left out of ``metas()`` (and listed in
-``extras()["skipped"]``): the object graph, string tensors, ``save_counter``, ``global_step``,
-optimizer state (TF2 ``optimizer/...`` and ``.OPTIMIZER_SLOT`` keys; TF1 slots such as
-``conv1/weights/Adam`` — any tensor whose name is another tensor's name plus ``/suffix`` — and
-``beta1_power``/``beta2_power``). TF1 partitioned variables (entries with ``slices``) are
-skipped with a warning.
+Entries that are not model weights are left out of ``metas()`` (listed in ``extras()["skipped"]``,
+and with the reason in ``extras()["not_weights"]``): the object graph, string tensors,
+``save_counter``, ``global_step``, optimizer state (TF2 ``optimizer/...`` and ``.OPTIMIZER_SLOT``
+keys; TF1 slots such as ``conv1/weights/Adam`` — any tensor whose name is another tensor's name
+plus ``/suffix`` — and ``beta1_power``/``beta2_power``), metric state (``keras_api/metrics/<i>/total``,
+Keras 3 ``_metrics``/``_loss_tracker``) and export copies. TF1 partitioned variables (entries
+with ``slices``) are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ TF_DTYPE_NAMES = {7: "string", 11: "qint8", 12: "quint8", 13: "qint32", 15: "qin
 DT_STRING = 7
 
 _TF1_NON_WEIGHTS = {"global_step", "beta1_power", "beta2_power"}
+# object paths of metric state (tf.keras ``keras_api/metrics/<i>/total``; Keras 3 ``_metrics``,
+# ``_compile_metrics``, ``_loss_tracker``): running totals, not weights
+METRIC_PATH = re.compile(r"(^|/)(keras_api/metrics|_metrics|_compile_metrics|_loss_tracker)/|^metrics/")
 
 
 # --------------------------------------------------------------------------- low-level decoding
@@ -308,6 +316,13 @@ def resolve_prefix(path: str | Path, fileset=None) -> Path:
     A ``checkpoint`` state file naming a prefix outside the directory is followed only where
     ``fileset`` allows it (its own check then refuses the files)."""
     p = Path(path)
+    if p.is_dir() and not (p / "checkpoint").is_file() and not any(p.glob("*.index")):
+        saved = p / "variables" / "variables"  # a SavedModel root: saved_model.pb + variables/
+        if Path(str(saved) + ".index").is_file():
+            return saved
+        if (p / "saved_model.pb").is_file():
+            raise InputError(p, "is a SavedModel with no variables/variables.index: it holds no "
+                             "variables (a graph with constants folded in, or an incomplete copy)")
     if p.is_dir():
         ckpt = p / "checkpoint"
         if ckpt.is_file():
@@ -362,6 +377,7 @@ class TFCheckpointReader(NumpyReader):
         self.index_path = Path(str(self.prefix) + ".index")
         self._warnings: list[str] = []
         self._skipped: list[str] = []
+        self._why: dict[str, str] = {}  # skipped key -> why it is not a weight
         if not self.index_path.exists():
             raise InputError(self.index_path, "no such file (TF checkpoint index)")
         try:
@@ -427,10 +443,14 @@ class TFCheckpointReader(NumpyReader):
             return "partitioned variable"
         base = name[: -len(VALUE_SUFFIX)] if name.endswith(VALUE_SUFFIX) else None
         if base is not None:
-            if base in ("save_counter", "global_step") or base.startswith("optimizer/"):
-                return "optimizer / bookkeeping"
+            if base in ("save_counter", "global_step"):
+                return "bookkeeping"
+            if base.startswith("optimizer/") or "/optimizer/" in base:
+                return "optimizer"
             if "/.OPTIMIZER_SLOT/" in name:
                 return "optimizer slot"
+            if METRIC_PATH.search(base):
+                return "metric"
             return None
         if name in _TF1_NON_WEIGHTS or name.rsplit("/", 1)[-1] == "global_step":
             return "bookkeeping"
@@ -445,7 +465,7 @@ class TFCheckpointReader(NumpyReader):
             if reason is None:
                 weights.append(name)
             else:
-                self._skipped.append(name)
+                self._skip(name, reason)
                 if reason == "partitioned variable":
                     self._warnings.append(
                         f"TF1 partitioned variable {name!r} ({entry['slices']} slices) is not "
@@ -455,7 +475,6 @@ class TFCheckpointReader(NumpyReader):
         tf2 = [w for w in weights if w.endswith(VALUE_SUFFIX)]
         if tf2:
             tf2.sort(key=_natural_key)
-            weights = [w for w in weights if not w.endswith(VALUE_SUFFIX)] + tf2
             if OBJECT_GRAPH_KEY in self.entries:
                 try:
                     raw = self._read_raw(OBJECT_GRAPH_KEY, verify=False)
@@ -472,37 +491,77 @@ class TFCheckpointReader(NumpyReader):
                 except _Corrupt as e:
                     self._warnings.append(f"object graph unreadable ({e}); "
                                           "kept the checkpoint keys")
-            names.update(self._tf2_names(tf2))
             if self.object_graph:
                 # model order: depth-first through the object graph, children in stored order
                 rank = {k: i for i, k in enumerate(_graph_key_order(self.object_graph))}
                 tf2.sort(key=lambda k: (0, rank[k], []) if k in rank
                          else (1, 0, _natural_key(k)))
-                weights = [w for w in weights if not w.endswith(VALUE_SUFFIX)] + tf2
+            names.update(self._tf2_names(tf2))
+            tf2 = [k for k in tf2 if k in names]
+            weights = [w for w in weights if not w.endswith(VALUE_SUFFIX)] + tf2
         self.key_of: dict[str, str] = {}
         for key in weights:
             self.key_of[names.get(key, key)] = key
 
+    def _skip(self, key: str, reason: str) -> None:
+        self._skipped.append(key)
+        self._why[key] = reason
+
     def _tf2_names(self, keys: list[str]) -> dict[str, str]:
+        """Object-graph keys (in model order) -> names, decided per variable: the variable's
+        ``full_name`` (``<layer>/<variable>``) where it has that form and no other variable has it,
+        else its object path. Variables saved twice under one name with the same dtype, shape and
+        CRC (Keras' ``export`` tracks ``variables`` and ``_all_variables``) are one variable: the
+        first copy is kept, the others are skipped as copies. Returns names for kept keys only."""
         full: dict[str, str] = {}
         if self.object_graph:
             for node in self.object_graph:
                 for attr in node["attributes"]:
                     if attr["checkpoint_key"] and attr["name"] == "VARIABLE_VALUE":
                         full[attr["checkpoint_key"]] = attr["full_name"]
-        cand = {}
+        path = {k: k[: -len(VALUE_SUFFIX)] for k in keys}
+        by_name: dict[str, list[str]] = {}
         for key in keys:
-            fn = full.get(key, "")
-            fn = re.sub(r":\d+$", "", fn)
-            cand[key] = fn if "/" in fn else None
-        chosen = [c for c in cand.values() if c]
-        if len(set(chosen)) != len(chosen) or len(chosen) != len(keys):
-            # not every variable has a unique layer/var name: use the object paths throughout
-            if self.object_graph:
-                self._warnings.append("the object graph does not give every variable a unique "
-                                      "<layer>/<variable> name; kept the object paths")
-            return {k: k[: -len(VALUE_SUFFIX)] for k in keys}
-        return {k: cand[k] for k in keys}
+            fn = re.sub(r":\d+$", "", full.get(key, ""))
+            if "/" in fn:
+                by_name.setdefault(fn, []).append(key)
+        names: dict[str, str] = {}
+        ambiguous: list[str] = []
+        for fn, group in by_name.items():
+            first = self.entries[group[0]]
+            same = all((e["dtype"], tuple(e["shape"]), e["crc32c"]) == (first["dtype"], tuple(first["shape"]),
+                                                                        first["crc32c"])
+                       for e in (self.entries[k] for k in group[1:])) and first["crc32c"] is not None
+            if len(group) == 1 or same:
+                names[group[0]] = fn
+                for k in group[1:]:
+                    self._skip(k, f"copy of {fn}")
+            else:
+                ambiguous += group
+        copies = {k for k in keys if self._why.get(k, "").startswith("copy of ")}
+        for key in keys:
+            if key not in names and key not in copies:
+                names[key] = path[key]
+        # a full name that is also another variable's object path: both keep their object paths
+        while True:
+            seen: dict[str, list[str]] = {}
+            for k, n in names.items():
+                seen.setdefault(n, []).append(k)
+            clash = [k for ks in seen.values() if len(ks) > 1 for k in ks if names[k] != path[k]]
+            if not clash:
+                break
+            for k in clash:
+                names[k] = path[k]
+                ambiguous.append(k)
+        # (a variable whose object path is its full name, a tf.Module's ``scale``, loses nothing)
+        unnamed = [path[k] for k in keys if k in names and names[k] == path[k]
+                   and re.sub(r":\d+$", "", full.get(k, "")) != path[k]]
+        if self.object_graph and unnamed:
+            shown = ", ".join(unnamed[:3]) + (f" and {len(unnamed) - 3} more" if len(unnamed) > 3 else "")
+            why = "share a <layer>/<variable> name" if ambiguous else "have no <layer>/<variable> name"
+            self._warnings.append(f"{len(unnamed)} variable(s) {why} in the object graph and keep their "
+                                  f"object paths: {shown}")
+        return names
 
     # -- reading
 
@@ -579,6 +638,7 @@ class TFCheckpointReader(NumpyReader):
             "num_shards": self.header["num_shards"],
             "original_keys": dict(self.key_of),
             "skipped": list(self._skipped),
+            "not_weights": dict(self._why),
             "layer_order": _layer_order(self.key_of),
         }
 
