@@ -51,7 +51,7 @@ from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_OK, CkptfixError, UsageError
 from .formats import atomic
 from .formats.atomic import TMP_PREFIX, clean_stale, fsync_dir, temp_path_for
-from .formats.detect import PT_SUFFIXES, SHARD_INDEX
+from .formats.detect import PT_SUFFIXES, SHARD_INDEX, directory_checkpoint
 from .formats.fileio import sha256_path
 from .isolate import module_command
 
@@ -59,7 +59,7 @@ MANIFEST = ".ckptfix-manifest.jsonl"
 LOCK = ".ckptfix-lock"
 # what --recursive picks up in a directory (a directory holding an HF index is one checkpoint)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".h5", ".hdf5", ".keras",
-                       ".npz", ".npy", ".index")
+                       ".npz", ".npy", ".index", ".jit", ".onnx", ".msgpack")
 DEFAULT_TIMEOUT = 1800.0  # seconds per input; a 100 GB checkpoint streams in a few minutes here
 STARTUP_TIMEOUT = 600.0  # seconds a worker may take to import torch and say it is ready
 
@@ -151,12 +151,12 @@ class Job:
 
 def collect(paths: list[str], recursive: bool) -> list[tuple[Path, Path]]:
     """``(input, relative name)`` for every checkpoint named, in order. A directory is one
-    checkpoint if it holds an HF index; otherwise, with ``recursive``, the checkpoints under it
+    checkpoint if it holds an HF index, a SavedModel or a DCP ``.metadata``; otherwise, with ``recursive``, the checkpoints under it
     (by suffix, hidden files and ckptfix temp files skipped), named relative to it."""
     found: list[tuple[Path, Path]] = []
     for arg in paths:
         p = Path(arg)
-        if p.is_dir() and not (p / SHARD_INDEX).is_file():
+        if p.is_dir() and not directory_checkpoint(p):
             if not recursive:
                 raise UsageError(f"{p}: is a directory; give --recursive to process the checkpoints under it")
             found += [(f, f.relative_to(p)) for f in _walk(p)]
@@ -170,10 +170,10 @@ def _walk(root: Path):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
         for n in list(dirnames):
-            if (d / n / SHARD_INDEX).is_file():  # a sharded checkpoint: one input, not its shards
+            if directory_checkpoint(d / n):  # one input (shards, SavedModel, DCP), not its files
                 dirnames.remove(n)
                 yield d / n
-        if (d / SHARD_INDEX).is_file() and d != root:
+        if directory_checkpoint(d) and d != root:
             continue
         for n in sorted(filenames):
             if n.startswith(".") or n.startswith(TMP_PREFIX) or not n.endswith(CHECKPOINT_SUFFIXES):

@@ -408,6 +408,10 @@ def build_corpus() -> dict[str, list[Seed]]:
             "names": [b"alpha", b"beta"],
         }, block_size=64, restart_interval=2, num_shards=2, dtype_overrides={"emb": 14})
         built = _tf_files(Path(td))
+    # a SavedModel's variables (tf_keras: metrics, optimizer slots; per-variable names)
+    sm = _tf_files(DATA / "savedmodel" / "tfkeras" / "variables")
+    add("tf-bundle", "savedmodel_tfkeras", sm, entry="variables", mutable=sorted(sm),
+        kind={n: "tf-index" if n.endswith(".index") else "raw" for n in sm}, integrity=True)
     add("tf-bundle", "small-blocks", built, entry="b", mutable=sorted(built, key=lambda n: not n.endswith(".index")),
         kind={n: "tf-index" if n.endswith(".index") else "raw" for n in built}, integrity=True)
 

@@ -149,3 +149,23 @@ def test_names_are_resolved_per_variable(tmp_path, seed):
             value = next(v for p, _, v in variables if p + V == key)
             np.testing.assert_array_equal(r.read_array(name), value)
         assert len(metas) == len(expect)
+
+
+def test_batch_takes_a_savedmodel_as_one_input(cli, tmp_path):
+    """--recursive finds a SavedModel (and a DCP or HF-sharded directory) as one checkpoint,
+    written as <dir>.safetensors, not as its variables/variables.index."""
+    import shutil
+
+    tree = tmp_path / "in"
+    shutil.copytree(SM / "tfkeras", tree / "models" / "cnn")
+    (tree / "notes.txt").write_text("not a checkpoint")
+    rules = tmp_path / "r.yaml"
+    rules.write_text("rules:\n  - rename: {pattern: '^(.*)$', replace: 'x.\\1'}\n")
+    r = cli("apply", tree, "--recursive", "-r", rules, "--out-dir", tmp_path / "out")
+    assert r.exit_code == 0, r.stdout
+    out = tmp_path / "out" / "models" / "cnn.safetensors"
+    got = load_file(out)
+    ref = {k[4:]: v for k, v in io("tfkeras").items() if k.startswith("var:")}
+    assert sorted(got) == sorted(f"x.{k}" for k in ref)
+    np.testing.assert_array_equal(got["x.conv/kernel"].numpy(), ref["conv/kernel"])
+    assert [p.name for p in (tmp_path / "out").rglob("*.safetensors")] == ["cnn.safetensors"]

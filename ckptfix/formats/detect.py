@@ -26,6 +26,13 @@ KNOWN = ("safetensors, PyTorch zip/pickle, TorchScript, Keras .h5/.keras, TF che
          "ONNX, Flax msgpack, torch.distributed.checkpoint, .npz/.npy")
 
 
+def directory_checkpoint(p: Path) -> bool:
+    """Whether directory ``p`` is one checkpoint made of several files (an HF sharded index, a
+    SavedModel, a torch.distributed.checkpoint), as opposed to a directory of checkpoints."""
+    return ((p / SHARD_INDEX).is_file() or (p / SAVED_MODEL).is_file()
+            or (p / "variables" / "variables.index").is_file() or (p / DCP_METADATA).is_file())
+
+
 def _tail(path: Path, n: int) -> bytes:
     try:
         with open(path, "rb") as f:
