@@ -100,6 +100,8 @@ def classify(path: str | Path) -> str:
         raise InputError(p, f"is not a regular file ({kind})")
     if p.name.endswith(".index.json") or p.name.endswith(".weights.json"):
         return "keras-sharded" if p.name.endswith(".weights.json") else "safetensors-sharded"
+    if p.name == DCP_METADATA:
+        return "dcp"  # a DCP directory named by its metadata file (a pickle: not pt-legacy)
     try:
         head = _head(p)
     except PermissionError:

@@ -19,6 +19,10 @@ pickle names is handled here, by construction rather than by a block-list:
   classes whose construction from pickled arguments runs no user code and touches no file.
   Any other name is refused (:func:`admit`), so no flag can make a file execute code, import a
   module, or read or write a file.
+- A pickle that is not a torch checkpoint (DCP's ``.metadata``, the ``data.pkl`` of one of its
+  items) is read by :func:`load_inert`: the standard library's unpickler whose one gate to code,
+  ``find_class``, admits only the names its caller lists, each as a placeholder; any other global
+  refuses the file.
 """
 
 from __future__ import annotations
@@ -438,3 +442,75 @@ def printable(name: str) -> str:
 def pickle_globals(fp, max_pickles: int = 1) -> list[str]:
     """:func:`scan_globals` as printable ``module.name`` strings."""
     return list(dict.fromkeys(printable(f"{m}.{n}" if m else n) for m, n in scan_globals(fp, max_pickles)))
+
+
+# --------------------------------------------------------------------------------------------
+# pickles that are not torch checkpoints (DCP's .metadata, the data.pkl of one of its records)
+
+
+class _OnlyThese(pickle.Unpickler):
+    """The C unpickler with its one gate to code, ``find_class`` (every ``GLOBAL``,
+    ``STACK_GLOBAL``, ``INST`` and ``EXT`` opcode goes through it), narrowed to an allow-list:
+    each allowed name resolves to a placeholder class, never to the real object."""
+
+    def __init__(self, file, allowed: Callable[[str], bool], refuse: Callable[[str], None]) -> None:
+        super().__init__(file)
+        self._allowed, self._refuse = allowed, refuse
+        self._classes: dict[str, type] = {}
+
+    def find_class(self, module, name):
+        module, name = py3_global(str(module), str(name))
+        full = f"{module}.{name}"
+        if not self._allowed(full):
+            self._refuse(full)
+            raise pickle.UnpicklingError(f"global {full} refused")  # refuse() raises; never reached
+        if full not in self._classes:  # one class per name: a dtype named twice is the same object
+            self._classes[full] = inert_class(module, name)
+        return self._classes[full]
+
+
+def load_inert(data: bytes, allowed: Callable[[str], bool], path, what: str, *,
+               persistent_load: Callable | None = None):
+    """Unpickle ``data``, a pickle that is not a torch checkpoint, where only the globals
+    ``allowed(name)`` admits may appear, each as an :class:`Inert` placeholder class (so a
+    dataclass comes back as a placeholder holding its fields, a ``torch.Size`` as one holding
+    its tuple, a dtype as the placeholder class ``torch.float32``): nothing is imported or
+    called. Any other global refuses the file: one that runs code (:func:`runs_code`) as hostile
+    (``UnsafePickleError``), any other as something ``what`` never holds. ``persistent_load``
+    handles persistent ids (none allowed without it). A corrupt pickle is an InputError naming
+    ``path``. The opcodes are parsed first (``pickletools``, which allocates nothing): every
+    declared length must fit in ``data``, because the C unpickler allocates a ``BYTEARRAY8``'s
+    length before reading it (and CPython 3.11 prints a stray SystemError when that fails)."""
+    import io
+    import pickletools
+
+    from ..errors import CkptfixError, InputError, UnsafePickleError
+
+    try:
+        for _op in pickletools.genops(io.BytesIO(data)):
+            pass
+    except Exception as e:  # noqa: BLE001 - ValueError for a length past the end, others for garbage
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(path, f"{what} is not a valid pickle ({printable(first)})") from None
+
+    def refuse(full: str) -> None:
+        if runs_code(full):
+            raise UnsafePickleError(path, [printable(full)])
+        raise InputError(path, f"{what} names the global {printable(full)}, which it never holds: "
+                         "refused (ckptfix builds only the types it expects there, as inert data)")
+
+    u = _OnlyThese(io.BytesIO(data), allowed, refuse)
+    if persistent_load is not None:
+        u.persistent_load = persistent_load
+    try:
+        return u.load()
+    except CkptfixError:
+        raise
+    except MemoryError:
+        raise InputError(path, f"{what}: a length in the pickle is larger than this machine's memory "
+                         "(corrupt or hostile)") from None
+    except RecursionError:
+        raise InputError(path, f"{what}: the pickle is nested too deeply (corrupt or hostile)") from None
+    except Exception as e:  # noqa: BLE001 - the unpickler raises many types on bad input
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise InputError(path, f"{what} is not a valid pickle ({type(e).__name__}: {printable(first)})") from None
