@@ -151,13 +151,14 @@ def test_names_are_resolved_per_variable(tmp_path, seed):
         assert len(metas) == len(expect)
 
 
-def test_batch_takes_a_savedmodel_as_one_input(cli, tmp_path):
+def test_batch_takes_savedmodel_and_dcp_directories_as_one_input_each(cli, tmp_path):
     """--recursive finds a SavedModel (and a DCP or HF-sharded directory) as one checkpoint,
     written as <dir>.safetensors, not as its variables/variables.index."""
     import shutil
 
     tree = tmp_path / "in"
     shutil.copytree(SM / "tfkeras", tree / "models" / "cnn")
+    shutil.copytree(DATA / "dcp" / "single", tree / "runs" / "fsdp")
     (tree / "notes.txt").write_text("not a checkpoint")
     rules = tmp_path / "r.yaml"
     rules.write_text("rules:\n  - rename: {pattern: '^(.*)$', replace: 'x.\\1'}\n")
@@ -168,4 +169,7 @@ def test_batch_takes_a_savedmodel_as_one_input(cli, tmp_path):
     ref = {k[4:]: v for k, v in io("tfkeras").items() if k.startswith("var:")}
     assert sorted(got) == sorted(f"x.{k}" for k in ref)
     np.testing.assert_array_equal(got["x.conv/kernel"].numpy(), ref["conv/kernel"])
-    assert [p.name for p in (tmp_path / "out").rglob("*.safetensors")] == ["cnn.safetensors"]
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.safetensors")) \
+        == ["models/cnn.safetensors", "runs/fsdp.safetensors"]
+    with open_checkpoint(DATA / "dcp" / "single") as r:
+        assert sorted(load_file(tmp_path / "out" / "runs" / "fsdp.safetensors")) == sorted(f"x.{k}" for k in r.metas())

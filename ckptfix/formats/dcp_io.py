@@ -689,7 +689,9 @@ class DcpReader(Reader):
         keys = list(dict.fromkeys(self._top_key(f) for f in (*self.md.tensors, *self.md.non_tensor)))
         return {"dcp_version": self.md.version, "state_dict_keys": keys, "prefixes": self.prefixes(),
                 "files": sorted(self._handles), "chunks": self._chunks,
-                "optimizer_state": list(self.optimizer), "non_tensor": list(self.md.non_tensor)}
+                "optimizer_state": list(self.optimizer), "non_tensor": list(self.md.non_tensor),
+                "not_weights": {**{k: "optimizer" for k in self.optimizer},
+                                **{k: "non-tensor" for k in self.md.non_tensor}}}
 
     def warnings(self) -> list[str]:
         out = []
