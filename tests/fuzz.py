@@ -57,7 +57,7 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 FORMATS = ("safetensors", "pt", "pt-legacy", "keras-h5", "keras-weights", "keras-archive",
-           "tf-bundle", "npy", "npz")
+           "tf-bundle", "npy", "npz", "dcp")
 
 
 # =============================================================================================
@@ -414,6 +414,13 @@ def build_corpus() -> dict[str, list[Seed]]:
         kind={n: "tf-index" if n.endswith(".index") else "raw" for n in sm}, integrity=True)
     add("tf-bundle", "small-blocks", built, entry="b", mutable=sorted(built, key=lambda n: not n.endswith(".index")),
         kind={n: "tf-index" if n.endswith(".index") else "raw" for n in built}, integrity=True)
+
+    # torch.distributed.checkpoint: written by torch (tools/make_dcp_fixtures.py); the directory is
+    # named by its .metadata pickle, each .distcp holds one torch.save archive per chunk
+    for case in ("single", "fsdp2"):
+        d = DATA / "dcp" / case
+        files = {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+        add("dcp", case, files, entry=".metadata", mutable=sorted(files), kind="raw")
 
     # .npy
     add("npy", "f32", {"a.npy": _npy_bytes(np.arange(12, dtype="f4").reshape(3, 4))}, kind="npy")
