@@ -51,9 +51,9 @@ def inspect(path: str | Path, opts: Options | None = None) -> dict:
     opts = opts or Options()
     with opts.open(path) as r:
         metas = r.metas()
-        classes = r.layer_classes()
+        classes, configs = r.layer_classes(), r.layer_configs()
         info = {"path": str(path), "format": r.format, **r.extras(), "warnings": r.warnings()}
-    layers = L.read_layers(metas, classes)
+    layers = L.read_layers(metas, classes, configs)
     info["tensors"] = [{"name": n, "shape": list(m.shape), "dtype": m.dtype,
                         "reads_as": L.reads_as(n, layers)} for n, m in metas.items()]
     info["layers"] = [{"name": ly.name, "type": ly.kind, "description": ly.describe(), "params": ly.params,

@@ -261,6 +261,7 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             sug = run_suggest(r.metas(), tgt, classes=classes, configs=configs,
                               keras_config=config, source_format=r.format,
                               input_shape=_input_shape(input_shape),
+                              layer_order=r.extras().get("execution_order"),
                               target_spec=_relative_to(target, Path(out).parent if out else None),
                               target_kwargs=_kwargs(target_kwargs), source=str(ckpt))
         if out is not None:

@@ -1,7 +1,8 @@
 """The table of layer knowledge: for each torch.nn layer class, its parameters (names and shapes
 from constructor attributes) and, for Keras/TensorFlow, how that framework stores the same layer
 (variable names in save order, TF1 slim names, the layout op that makes each variable PyTorch's,
-and how to read the layer's attributes from the stored shapes alone).
+and how to read the layer's attributes from the stored shapes alone); for ONNX, which input of
+each layer op is which torch tensor and in what layout (``ONNX_INPUTS``, ``ONNX``).
 
 Everything else reads this table: ``layers`` (readings for inspect/diff/explain and parameter
 counts), ``match``/``suggest`` (target-driven matching), the ``keras-to-torch`` preset (a test
@@ -90,6 +91,16 @@ def _layernorm(a: dict) -> dict[str, Shape]:
     return out
 
 
+def _instancenorm(a: dict) -> dict[str, Shape]:
+    c = a["num_features"]
+    out: dict[str, Shape] = {}
+    if a.get("affine", False):  # torch's defaults: affine=False, track_running_stats=False
+        out.update(weight=(c,), bias=(c,))
+    if a.get("track_running_stats", False):
+        out.update(running_mean=(c,), running_var=(c,), num_batches_tracked=())
+    return out
+
+
 def _groupnorm(a: dict) -> dict[str, Shape]:
     c = a["num_channels"]
     return {"weight": (c,), "bias": (c,)} if a.get("affine", True) else {}
@@ -118,6 +129,8 @@ for _n in (1, 2, 3):
     TORCH[f"ConvTranspose{_n}d"] = TorchLayer((f"ConvTranspose{_n}d",), _CONV_ATTRS, _conv(_n, True), spatial=_n)
     TORCH[f"BatchNorm{_n}d"] = TorchLayer((f"BatchNorm{_n}d",), ("num_features", "affine", "track_running_stats"),
                                           _batchnorm, frozenset({"running_mean", "running_var", "num_batches_tracked"}))
+    TORCH[f"InstanceNorm{_n}d"] = TorchLayer((f"InstanceNorm{_n}d",), ("num_features", "affine", "track_running_stats"),
+                                             _instancenorm, frozenset({"running_mean", "running_var", "num_batches_tracked"}))
 TORCH.update({
     "Linear": TorchLayer(("Linear",), ("in_features", "out_features", "bias"), _linear),
     "LayerNorm": TorchLayer(("LayerNorm",), ("normalized_shape", "elementwise_affine", "bias"), _layernorm),
@@ -156,6 +169,7 @@ SIGNATURES: dict[str, list[str]] = {
     **{f"ConvTranspose{n}d": _CONVT_SIG for n in (1, 2, 3)},
     "Linear": ["in_features", "out_features", "bias"],
     **{f"BatchNorm{n}d": ["num_features", "eps", "momentum", "affine", "track_running_stats"] for n in (1, 2, 3)},
+    **{f"InstanceNorm{n}d": ["num_features", "eps", "momentum", "affine", "track_running_stats"] for n in (1, 2, 3)},
     "LayerNorm": ["normalized_shape", "eps", "elementwise_affine", "bias"],
     "GroupNorm": ["num_groups", "num_channels", "eps", "affine"],
     "PReLU": ["num_parameters", "init"],
@@ -183,7 +197,7 @@ def torch_attrs(module) -> dict:
             v = tuple(v)
         out[a] = v
     if "affine" in spec.attrs and out.get("affine") is None:
-        out["affine"] = True
+        out["affine"] = not spec.kinds[0].startswith("InstanceNorm")
     eps = getattr(module, "eps", None)
     if isinstance(eps, float):
         out["eps"] = eps
@@ -209,6 +223,11 @@ class Convert:
     row: int | None = None                     # take row ``row`` of axis 0 (GRU bias (2, 3U))
     blocks: tuple[int, ...] | None = None      # reorder equal blocks of axis 0 (GRU gates)
     squeeze: bool = False                      # drop size-1 axes (PReLU alpha [1, 1, C] -> [C])
+
+    @property
+    def converts(self) -> bool:
+        """Whether the stored values change on the way (not a rename alone)."""
+        return self.layout is not None or self.row is not None or self.blocks is not None or self.squeeze
 
 
 @dataclass(frozen=True)
@@ -238,13 +257,15 @@ class Unit:
 
 @dataclass(frozen=True)
 class KerasLayer:
-    """How Keras stores a layer class (``classes``) and what torch modules it is."""
+    """How a framework stores a layer class (``classes``) and what torch modules it is: Keras
+    (``KERAS``), or ONNX (``ONNX``, read from the graph's nodes; ``framework="ONNX"``)."""
 
     classes: tuple[str, ...]
     variables: tuple[str, ...]                  # names in Keras' save order (``vars/0``, ``vars/1``...)
     optional: frozenset[str]                    # variables that may be absent (use_bias=False, ...)
     units: Callable[[dict[str, Shape], dict], list[Unit] | None]   # shapes (by var), config -> units
     note: str = ""
+    framework: str = "Keras"
 
 
 SLIM = {"kernel": "weights", "bias": "biases", "depthwise_kernel": "depthwise_weights",
@@ -497,7 +518,7 @@ def keras_readings(shapes: dict[str, Shape], cls: str | None, cfg: dict | None =
     file records it (then only that class is tried).
     """
     cfg = cfg or {}
-    forms = [KERAS_BY_CLASS[cls]] if cls in KERAS_BY_CLASS else ([] if cls else KERAS)
+    forms = FORMS_BY_CLASS.get(cls, []) if cls else KERAS
     out = []
     names = list(shapes)
     for form in forms:
@@ -539,6 +560,131 @@ def _namings(names: list[str], form: KerasLayer, known_class: bool) -> list[dict
             return []
         naming[n] = v
     return [naming]
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX side: which input of a node is which torch tensor, and how the node's layout reads
+#
+# An ONNX model stores a layer as a node whose constant inputs (initializers, ``Constant``
+# nodes) are its weights; the reader (``formats/onnx_io``) names them ``<layer>.<role>`` with the
+# roles below and gives the node's op type as the layer's class and its attributes as the config.
+# Layouts, from the ONNX operator specs:
+#
+# * Conv ``W`` (M, C/group, *k) = torch's (out, in/g, *k); ConvTranspose ``W`` (C, M/group, *k) =
+#   torch's (in, out/g, *k): no transpose.
+# * Gemm ``Y = alpha * A' @ B' + beta * C`` with B the weight: ``transB=1`` stores (N, K) = a
+#   Linear's (out, in); ``transB=0`` (ONNX's default) stores (K, N): a Linear weight is its
+#   transpose (``IO->OI``). ``transA=1``, a constant A, ``alpha``/``beta`` other than 1: no Linear.
+# * MatMul with a constant B (K, N): ``x @ B`` is a Linear whose weight is B transposed; an
+#   ``Add`` of a constant (N,) to its output is the bias (the torch exporter's Linear without a
+#   2-D input). A B that is ``Transpose(W)`` of a constant (out, in) W reads as ``transB=1``.
+# * BatchNormalization scale, B, input_mean, input_var = weight, bias, running_mean,
+#   running_var (num_batches_tracked is not stored: 0); ``epsilon`` (default 1e-5) in the config.
+# * LayerNormalization Scale, B; InstanceNormalization scale, B (an InstanceNorm with
+#   affine=True, no running statistics).
+# * Gather of a constant 2-D table on axis 0 with graph data as indices: an Embedding.
+# LSTM/GRU nodes are not read as layers (gate orders iofc/zrh and the (1, 8H) bias would need a
+# reshape the rules do not have yet): their weights are listed under their own names.
+
+ONNX_INPUTS: dict[str, tuple[str | None, ...]] = {
+    "Conv": (None, "weight", "bias"),
+    "ConvTranspose": (None, "weight", "bias"),
+    "Gemm": (None, "weight", "bias"),
+    "MatMul": (None, "weight"),
+    "BatchNormalization": (None, "weight", "bias", "running_mean", "running_var"),
+    "LayerNormalization": (None, "weight", "bias"),
+    "InstanceNormalization": (None, "weight", "bias"),
+    "Gather": ("weight", None),
+}
+# attributes each op's reading depends on, with ONNX's defaults (the config the reader gives)
+ONNX_ATTRS: dict[str, dict] = {
+    "Conv": {"group": 1}, "ConvTranspose": {"group": 1},
+    "Gemm": {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0}, "MatMul": {"transB": 0},
+    "BatchNormalization": {"epsilon": 1e-5}, "LayerNormalization": {"epsilon": 1e-5, "axis": -1},
+    "InstanceNormalization": {"epsilon": 1e-5}, "Gather": {"axis": 0},
+}
+
+
+def _onnx_conv(transposed: bool):
+    def units(s, cfg):
+        w = s.get("weight")
+        if w is None or not 3 <= len(w) <= 5:
+            return None
+        n, g = len(w) - 2, cfg.get("group", 1)
+        if not isinstance(g, int) or g < 1:
+            return None
+        cin, cout = (w[0], w[1] * g) if transposed else (w[1] * g, w[0])
+        if "bias" in s and s["bias"] != (cout,):
+            return None
+        kind = f"ConvTranspose{n}d" if transposed else f"Conv{n}d"
+        return [Unit(kind, {"in_channels": cin, "out_channels": cout, "kernel_size": tuple(w[2:]), "groups": g,
+                            "bias": "bias" in s}, {"weight": Convert("weight"), **_bias(s)})]
+    return units
+
+
+def _onnx_linear(s, cfg):
+    w = s.get("weight")
+    if w is None or len(w) != 2 or cfg.get("transA", 0) or cfg.get("alpha", 1.0) != 1.0:
+        return None
+    if "bias" in s and cfg.get("beta", 1.0) != 1.0:
+        return None
+    stored_torch = bool(cfg.get("transB", 0))
+    out_f, in_f = (w[0], w[1]) if stored_torch else (w[1], w[0])
+    if "bias" in s and s["bias"] != (out_f,):
+        return None
+    return [Unit("Linear", {"in_features": in_f, "out_features": out_f, "bias": "bias" in s},
+                 {"weight": Convert("weight", None if stored_torch else "IO->OI"), **_bias(s)})]
+
+
+def _onnx_batchnorm(s, cfg):
+    c = s.get("running_mean")
+    if c is None or len(c) != 1 or any(v != c for v in s.values()):
+        return None
+    t = {v: Convert(v) for v in s}
+    return [Unit("BatchNorm2d", {"num_features": c[0]}, {**t, "num_batches_tracked": Fill(0)})]
+
+
+def _onnx_layernorm(s, cfg):
+    w = s.get("weight")
+    if w is None or ("bias" in s and s["bias"] != w):
+        return None
+    return [Unit("LayerNorm", {"normalized_shape": w, "bias": "bias" in s},
+                 {"weight": Convert("weight"), **_bias(s)})]
+
+
+def _onnx_instancenorm(s, cfg):
+    w = s.get("weight")
+    if w is None or len(w) != 1 or s.get("bias") != w:
+        return None
+    return [Unit("InstanceNorm2d", {"num_features": w[0], "affine": True},
+                 {"weight": Convert("weight"), "bias": Convert("bias")})]
+
+
+def _onnx_embedding(s, cfg):
+    w = s.get("weight")
+    if w is None or len(w) != 2 or cfg.get("axis", 0) != 0:
+        return None
+    return [Unit("Embedding", {"num_embeddings": w[0], "embedding_dim": w[1]}, {"weight": Convert("weight")})]
+
+
+_WB = ("weight", "bias")
+ONNX: list[KerasLayer] = [
+    KerasLayer(("Conv",), _WB, frozenset({"bias"}), _onnx_conv(False), framework="ONNX"),
+    KerasLayer(("ConvTranspose",), _WB, frozenset({"bias"}), _onnx_conv(True), framework="ONNX"),
+    KerasLayer(("Gemm",), _WB, frozenset({"bias"}), _onnx_linear, framework="ONNX"),
+    KerasLayer(("MatMul",), _WB, frozenset({"bias"}), _onnx_linear, framework="ONNX"),
+    KerasLayer(("BatchNormalization",), ("weight", "bias", "running_mean", "running_var"), frozenset(),
+               _onnx_batchnorm, framework="ONNX"),
+    KerasLayer(("LayerNormalization",), _WB, frozenset({"bias"}), _onnx_layernorm, framework="ONNX"),
+    KerasLayer(("InstanceNormalization",), _WB, frozenset(), _onnx_instancenorm, framework="ONNX"),
+    KerasLayer(("Gather",), ("weight",), frozenset(), _onnx_embedding, framework="ONNX"),
+]
+# every stored form of a class name: Keras' and ONNX's BatchNormalization share a name and differ in
+# their variables (gamma/moving_mean vs weight/running_mean), which ``keras_readings`` tells apart
+FORMS_BY_CLASS: dict[str, list[KerasLayer]] = {}
+for _form in KERAS + ONNX:
+    for _c in _form.classes:
+        FORMS_BY_CLASS.setdefault(_c, []).append(_form)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,7 +730,8 @@ def torch_readings(shapes: dict[str, Shape]) -> list[Unit]:
     if len(w) == 1:
         return _consistent([Unit("LayerNorm", {"normalized_shape": w}, same),
                             Unit("GroupNorm", {"num_channels": w[0], "num_groups": None}, same),
-                            Unit("PReLU", {"num_parameters": w[0]}, same)], shapes)
+                            Unit("PReLU", {"num_parameters": w[0]}, same),
+                            Unit("InstanceNorm2d", {"num_features": w[0], "affine": True}, same)], shapes)
     return []
 
 
@@ -634,6 +781,6 @@ def params_of(kind: str, attrs: dict) -> int:
     return sum(math.prod(s) for n, s in spec.shapes(attrs).items() if n not in spec.buffers)
 
 
-__all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "Unit", "Convert", "Fill", "keras_readings", "torch_readings",
-           "variable_names", "conv_layout", "depthwise_layout", "params_of", "torch_attrs"]
+__all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "ONNX", "ONNX_INPUTS", "FORMS_BY_CLASS", "Unit", "Convert", "Fill",
+           "keras_readings", "torch_readings", "variable_names", "conv_layout", "depthwise_layout", "params_of", "torch_attrs"]
 

@@ -151,10 +151,11 @@ def _attrs_of(units: list, keras_class: str | None) -> dict:
 
 
 def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = None,
-                attrs: dict | None = None) -> Layer:
-    """Read one layer from its tensors' names and shapes (``kind`` if the file names the class),
-    through the layer table: the first reading it allows (a Keras kernel with no class and a bias
-    of its last axis reads as a Conv; the matcher, which knows the target, tries them all)."""
+                attrs: dict | None = None, config: dict | None = None) -> Layer:
+    """Read one layer from its tensors' names and shapes (``kind`` if the file names the class,
+    ``config`` its attributes where the file records them: an ONNX Gemm's transB), through the
+    layer table: the first reading it allows (a Keras kernel with no class and a bias of its last
+    axis reads as a Conv; the matcher, which knows the target, tries them all)."""
     layer = Layer(name=name, kind=kind or "?", tensors=dict(tensors))
     if attrs is not None:
         layer.attrs = dict(attrs)
@@ -177,7 +178,7 @@ def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = No
         else:
             _partial(layer, shapes, kind)
         return layer
-    readings = T.keras_readings(shapes, kind if kind in T.KERAS_BY_CLASS else None)
+    readings = T.keras_readings(shapes, kind if kind in T.FORMS_BY_CLASS else None, config)
     if readings:
         form, _, units = readings[0]
         layer.kind = kind or form.classes[0]
@@ -208,10 +209,12 @@ def group_layers(metas: dict[str, TensorMeta]) -> dict[str, dict[str, TensorMeta
     return groups
 
 
-def read_layers(metas: dict[str, TensorMeta], classes: dict[str, str] | None = None) -> dict[str, Layer]:
-    """Every layer of a flat state dict, read from shapes (and classes where the file has them)."""
-    classes = classes or {}
-    return {name: infer_layer(name, ts, classes.get(name)) for name, ts in group_layers(metas).items()}
+def read_layers(metas: dict[str, TensorMeta], classes: dict[str, str] | None = None,
+                configs: dict[str, dict] | None = None) -> dict[str, Layer]:
+    """Every layer of a flat state dict, read from shapes (and classes and configs where the file has them)."""
+    classes, configs = classes or {}, configs or {}
+    return {name: infer_layer(name, ts, classes.get(name), config=configs.get(name))
+            for name, ts in group_layers(metas).items()}
 
 
 def layer_of(key: str) -> str:

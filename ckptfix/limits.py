@@ -22,6 +22,9 @@ MAX_SMALL_RECORD = 1 << 20     # byteorder, version, .storage_alignment ... of a
 # Real configs and checkpoint containers nest a few dozen levels; the walkers over them recurse,
 # and Python's recursion limit is 1000
 MAX_DEPTH = 500
+# ONNX subgraphs (If/Loop/Scan bodies inside nodes' attributes) nest a few levels in real models;
+# each level is a few frames of the walk over them (formats/onnx_io.py)
+MAX_GRAPH_DEPTH = 64
 
 # -- planned tensors (plan.py) ---------------------------------------------------------------------
 MAX_TENSOR_BYTES = 1 << 40     # 1 TiB: no tensor a rule makes may be larger, whatever the machine

@@ -216,7 +216,7 @@ def _canon(u: T.Unit) -> dict[str, Shape]:
 
 
 def compatible(u: T.Unit, t: TargetUnit, near: bool = False) -> bool:
-    family = (lambda k: "BatchNorm" if k.startswith("BatchNorm") else k)
+    family = (lambda k: k[:-2] if k.startswith(("BatchNorm", "InstanceNorm")) else k)
     if family(u.kind) != family(t.kind) and not (u.kind == "?" and t.kind not in T.TORCH):
         return False
     us = _canon(u)
@@ -245,10 +245,14 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
         srcs, ordered = source_layers(metas, classes or {}, configs or {}, layer_order)
     pairs: list[Pair] = []
     taken_keys: set[str] = set()
-    # 1. same names and shapes
+    # 1. same names and shapes, unless the file's layer class stores them in another layout (an
+    # ONNX MatMul's (in, out) weight under the Linear's own name: square, it would pass unchanged)
+    converted = {src.name for src in srcs if src.cls and _stored_converted(src)}
     left_t = []
     for t in tunits:
-        if all(metas.get(k) is not None and tuple(metas[k].shape) == t.shapes[v] for v, k in t.keys.items()):
+        if t.keys and split_key(next(iter(t.keys.values())))[0] in converted:
+            left_t.append(t)
+        elif all(metas.get(k) is not None and tuple(metas[k].shape) == t.shapes[v] for v, k in t.keys.items()):
             layer = split_key(next(iter(t.keys.values())))[0]
             sl = SourceLayer(layer, None, {}, {split_key(k)[1]: k for k in t.keys.values()},
                              {split_key(k)[1]: tuple(metas[k].shape) for k in t.keys.values()}, -1)
@@ -331,6 +335,14 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
     notes = _siblings(pairs, t_feed)
     return Matching(pairs, unplaced, missing, ordered, notes,
                     [s for j, (s, _) in enumerate(pool) if j not in used])
+
+
+def _stored_converted(src: SourceLayer) -> bool:
+    """Whether every reading of a source layer under its class changes some stored tensor's values
+    (a layout, a row, a gate order): then its tensors are not the target's as they are."""
+    rs = readings(src)
+    return bool(rs) and all(any(isinstance(c, T.Convert) and c.converts for u in r.units for c in u.tensors.values())
+                            for r in rs)
 
 
 def _siblings(pairs: list[Pair], t_feed: dict[str, str]) -> list[str]:

@@ -104,7 +104,9 @@ def _prefix_rules(metas: dict[str, TensorMeta], target: Target, rules: _Rules) -
 def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, str] | None = None,
             configs: dict[str, dict] | None = None, keras_config=None, source_format: str = "",
             target_spec: str | None = None, target_kwargs: dict | None = None, source: str = "the checkpoint",
-            input_shape: tuple[int, ...] | None = None) -> Suggestion:
+            input_shape: tuple[int, ...] | None = None, layer_order: list[str] | None = None) -> Suggestion:
+    """``layer_order``: the source's layers in the order its model runs them, when the file records
+    it (an ONNX graph's node order: ``extras()["execution_order"]``); a Keras config's comes first."""
     classes = classes or {}
     configs = configs or {}
     rules = _Rules()
@@ -116,7 +118,8 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
         Trace(list(target.layers), False, note="the target is not a model: its layers are taken in file order")
     s_feed = keras_feeds(keras_config, lambda n: any(k.startswith(n + "/") for k in work)) if keras_config else {}
     config_order = [p for p, _, _ in walk_config(keras_config)] if keras_config else None
-    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed), layer_order=config_order)
+    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed),
+              layer_order=config_order or layer_order)
     rules.header += [f"# {n}" for n in m.notes]
     if not m.ordered and any(p.how != "same names" and not p.by_name for p in m.pairs):
         rules.header.append("# review: the checkpoint's layer order is lost (sorted names): layers of the same "
@@ -175,7 +178,8 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
                 elif skey != tkey:
                     renames[skey] = tkey
                 if conv.layout is not None:
-                    transposes.setdefault(conv.layout, []).append(tkey)
+                    onnx = p.reading.form is not None and p.reading.form.framework == "ONNX"
+                    transposes.setdefault((conv.layout, "ONNX" if onnx else "TensorFlow"), []).append(tkey)
                 if conv.blocks is not None:
                     blocks.setdefault(conv.blocks, []).append(tkey)
                 if conv.squeeze:
@@ -188,9 +192,9 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
         for how, items in why.items():
             lines.append(f"{how}: {_short(items, 6)}")
         rules.add("rename", {"map": renames}, "\n".join(lines))
-    for layout, keys in transposes.items():
-        rules.add("transpose", {"keys": _anchored(keys), "layout": layout},
-                  f"TensorFlow layout {layout}: {_short(keys)}")
+    for (layout, framework), keys in transposes.items():
+        what = "ONNX MatMul/Gemm(transB=0) weights are (in, out)" if framework == "ONNX" else "TensorFlow layout"
+        rules.add("transpose", {"keys": _anchored(keys), "layout": layout}, f"{what} {layout}: {_short(keys)}")
     for order, keys in blocks.items():
         rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(order)},
                   f"gate order: Keras GRU (z, r, h) -> torch (r, z, n): {_short(keys)}")
@@ -208,8 +212,8 @@ def _flatten_rules(m: Matching, metas, tr: Trace, keras_config, rules: _Rules) -
     for p in m.pairs:
         t = p.targets[0]
         f = tr.flattens.get(t.module)
-        if f is None or p.reading.form is None or t.kind != "Linear":
-            continue
+        if f is None or p.reading.form is None or p.reading.form.framework != "Keras" or t.kind != "Linear":
+            continue  # (an ONNX graph flattens NCHW maps as torch does: nothing to reorder)
         in_f = t.shapes["weight"][1]
         info = src_flat.get(p.reading.src.name)
         letters = "".join(c for c in f.order if c != "C")
@@ -266,17 +270,18 @@ def _eps_rules(m: Matching, target: Target, configs: dict[str, dict], rules: _Ru
             cfg = p.reading.src.cfg
             src_eps = float(cfg.get("epsilon", T.KERAS_EPS[cls]))
             assumed = assumed or "epsilon" not in cfg
+            framework = p.reading.form.framework
             to = t.attrs.get("eps")
             if to is None or abs(src_eps - to) <= 1e-12:
                 continue
             if t.kind.startswith("BatchNorm") and "running_var" in t.keys:
                 groups.setdefault((src_eps, float(to)), []).append(t.keys["running_var"])
             else:
-                rules.header.append(f"# {t.module}: Keras {cls} eps {src_eps:g}, target eps {to:g}: outputs differ "
+                rules.header.append(f"# {t.module}: {framework} {cls} eps {src_eps:g}, target eps {to:g}: outputs differ "
                                     f"slightly; build it with eps={src_eps:g}")
     for (a, b), keys in groups.items():
         rules.add("bn_eps", {"keys": _anchored(keys), "from": a, "to": b},
-                  f"BatchNorm eps {a:g} (Keras{' default, assumed: no config' if assumed else ''}) in a layer "
+                  f"BatchNorm eps {a:g} ({'Keras default, assumed: no config' if assumed else 'the file'}) in a layer "
                   f"with eps {b:g}: running_var += {a - b:g}: {_short(keys)}")
 
 
