@@ -147,7 +147,7 @@ def _ints(fb, f, what: str) -> list[int]:
 
 def _tensor(fb, begin: int, end: int, what: str, model) -> _Tensor:
     dims: list[int] = []
-    code, name, raw, location = 1, "", None, 0
+    code, name, raw, location = 0, "", None, 0  # proto2 defaults: data_type UNDEFINED
     ext: dict[str, str] = {}
     typed: dict[int, list[int]] = {}       # field -> [fewest values, most values]
     for f in walk(fb, begin, end, what):
@@ -434,13 +434,15 @@ class OnnxReader(Reader):
                              f"{ext.get('length')!r} are not integers") from None
         if offset < 0 or (length is not None and length < 0):
             raise InputError(self.path, f"{label}: negative external data offset or length")
-        where = self.path.parent / loc
-        h = self.fileset.open(where)  # containment, regular file, one handle
+        try:
+            h = self.fileset.open(self.path.parent / loc)  # containment, regular file, one handle
+        except InputError as e:
+            raise InputError(self.path, f"{label}: external data {loc!r}: {e.cause}", hint=e.hint) from None
         if length is None:
             length = max(h.size - offset, 0)
         if offset + length > h.size:
-            raise InputError(where, f"{label} of {self.path.name} at [{offset}, {offset + length}) runs past the "
-                             f"end of the file ({h.size} bytes): truncated")
+            raise InputError(self.path, f"{label}: external data {loc!r} at [{offset}, {offset + length}) runs past "
+                             f"the end of that file ({h.size} bytes): truncated")
         if t.dtype is not None:
             from .. import dtypes
 
@@ -680,11 +682,12 @@ class OnnxReader(Reader):
     def extras(self) -> dict[str, Any]:
         from ..layers import split_key
 
+        listed = set(self.key_of.values())
         return {"producer": self.producer, "ir_version": self.ir_version, "opsets": dict(self.opsets),
                 "original_keys": dict(self.key_of), "skipped": list(self._skipped),
                 "execution_order": list(dict.fromkeys(split_key(n)[0] for n in self.key_of)),
                 "external_files": sorted({str(t.file.path) for t in self._tensors.values()
-                                          if t.where == "external" and t.key in self.key_of.values()})}
+                                          if t.where == "external" and t.key in listed})}
 
     def warnings(self) -> list[str]:
         return list(self._warnings)

@@ -1,0 +1,437 @@
+"""ONNX models: names and values equal onnx's own reading (numpy_helper, the reference), every
+fixture converts into its PyTorch model and reproduces onnxruntime's outputs, hostile files are
+one-line errors, and random models built with onnx.helper read back equal."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+import onnx_nets
+from ckptfix import layer_table as T
+from ckptfix.errors import InputError
+from ckptfix.formats import open_checkpoint
+from ckptfix.formats.onnx_io import OnnxReader, _join_scopes, is_anonymous
+from numerics import assert_outputs_close
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+DATA = Path(__file__).parent / "data" / "onnx"
+NETS = "tests/onnx_nets.py"
+# fixture -> the PyTorch model it converts into
+FIXTURES = {
+    "cnn_ts.onnx": "OnnxCNN", "cnn_dyn.onnx": "OnnxCNN",
+    "mlp_ts.onnx": "OnnxMLP", "mlp_dyn.onnx": "OnnxMLP", "mlp_ext/model.onnx": "OnnxMLP",
+    "emb_ts.onnx": "OnnxEmbLN", "emb_dyn.onnx": "OnnxEmbLN",
+    "convt_ts.onnx": "OnnxConvT", "convt_dyn.onnx": "OnnxConvT",
+    "helper_anon.onnx": "HelperTwin",
+}
+
+
+def ref_name(fixture: str) -> str:
+    return fixture.split("/")[0].removesuffix(".onnx")
+
+
+def reference_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every initializer and Constant-node tensor as onnx reads it (external data loaded)."""
+    m = onnx.load(str(path))
+    out = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    out[node.output[0]] = numpy_helper.to_array(a.t)
+    return out
+
+
+def same_values(got: torch.Tensor, want: np.ndarray) -> bool:
+    if got.dtype == torch.bfloat16 or str(got.dtype).startswith("torch.float8"):
+        bits = torch.int16 if got.dtype == torch.bfloat16 else torch.int8
+        return np.array_equal(got.view(bits).numpy(), np.asarray(want).view(np.int16 if bits == torch.int16 else np.int8))
+    return tuple(got.shape) == want.shape and np.array_equal(got.numpy(), want, equal_nan=want.dtype.kind == "f")
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ names and values
+
+@pytest.mark.parametrize("fixture", list(FIXTURES))
+def test_every_tensor_equals_onnx_numpy_helper(fixture):
+    path = DATA / fixture
+    want = reference_tensors(path)
+    with open_checkpoint(path) as r:
+        assert r.format == "onnx"
+        metas, ex = r.metas(), r.extras()
+        original = ex["original_keys"]
+        assert set(original.values()) | set(ex["skipped"]) == set(want)  # every tensor listed or skipped
+        for name, meta in metas.items():
+            ref = want[original[name]]
+            t = r.read(name)
+            assert tuple(t.shape) == meta.shape == ref.shape, name
+            assert same_values(t, ref), name
+        for key in ex["skipped"]:
+            assert is_anonymous(key), key  # only graph constants are left out
+
+
+def test_names_come_from_the_consuming_node():
+    with OnnxReader(DATA / "mlp_ts.onnx") as r:  # TorchScript exporter: onnx::MatMul_12 of /b/MatMul
+        assert r.extras()["original_keys"]["b.weight"].startswith("onnx::MatMul_")
+        assert r.layer_classes() == {"a": "Gemm", "b": "MatMul", "c": "Gemm"}
+        assert r.layer_configs()["a"]["transB"] == 1 and r.layer_configs()["b"]["transB"] == 0
+        assert any("stored (in, out)" in w and "b.weight" in w for w in r.warnings())
+    with OnnxReader(DATA / "emb_dyn.onnx") as r:  # dynamo: val_N, named from the name_scopes metadata
+        assert re.fullmatch(r"val_\d+", r.extras()["original_keys"]["head.weight"])
+        assert r.layer_classes() == {"emb": "Gather", "ln": "LayerNormalization", "head": "MatMul"}
+    with OnnxReader(DATA / "helper_anon.onnx") as r:  # tf2onnx-style scopes; a Constant node's weight
+        assert r.extras()["original_keys"] == {
+            "model.conv2d.weight": "const_fold_opt__3", "model.conv2d.bias": "const_fold_opt__4",
+            "model.dense.weight": "const_fold_opt__5", "model.dense.bias": "const_fold_opt__6",
+            "model.dense_1.weight": "const_fold_opt__8", "model.dense_1.bias": "const_fold_opt__9"}
+        assert r.extras()["skipped"] == ["const_axes__7"]
+        assert r.layer_configs()["model.dense"]["transB"] == 0
+    with OnnxReader(DATA / "cnn_ts.onnx") as r:
+        assert r.layer_classes()["layer1.1"] == "BatchNormalization"
+        assert abs(r.layer_configs()["bn1"]["epsilon"] - 1e-5) < 1e-9
+        assert r.extras()["execution_order"] == ["conv1", "bn1", "layer1.0", "layer1.1", "fc"]
+
+
+@pytest.mark.parametrize("parts,path", [
+    (["layer1", "layer1.0", "conv1"], "layer1.0.conv1"),
+    (["features", "features.0"], "features.0"),
+    (["net", "net.0", "net.0.1"], "net.0.1"),
+    (["conv", "conv"], "conv.conv"),               # an attribute named like its parent
+    (["blocks", "blocks.3", "attn", "qkv"], "blocks.3.attn.qkv"),
+    (["", "layer1", "layer1.0", "layer1.0.conv1"], "layer1.0.conv1"),  # full names
+    ([], ""),
+])
+def test_scope_paths_join_into_module_names(parts, path):
+    assert _join_scopes(parts) == path
+
+
+def test_external_data_is_read_from_its_own_file():
+    with OnnxReader(DATA / "mlp_ext" / "model.onnx") as ext, OnnxReader(DATA / "mlp_ts.onnx") as inline:
+        assert ext.metas() == inline.metas()
+        for n in ext.metas():
+            assert torch.equal(ext.read(n), inline.read(n))
+            f, b, e = ext.locate(n)
+            assert Path(f.path).name == "weights.bin" and e - b == ext.metas()[n].nbytes
+        assert [Path(p).name for p in ext.files()] == ["model.onnx", "weights.bin"]
+
+
+def test_the_reader_never_imports_onnx():
+    code = ("import sys; from ckptfix.formats import open_checkpoint\n"
+            f"r = open_checkpoint({str(DATA / 'helper_anon.onnx')!r}); [r.read(n) for n in r.metas()]\n"
+            "assert not any(m == 'onnx' or m.startswith('onnx.') for m in sys.modules), 'onnx imported'")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_metadata_first_tensor_bytes_on_demand(tmp_path, monkeypatch):
+    """Opening a 16 MiB model reads its structure, not its raw_data; read() reads one tensor."""
+    big = np.arange(4 << 20, dtype=np.float32).reshape(1024, 4096)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="/proj/MatMul")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4096])],
+                          [numpy_helper.from_array(big, "w"), numpy_helper.from_array(big[:2], "other")])
+    p = tmp_path / "big.onnx"
+    p.write_bytes(helper.make_model(g).SerializeToString())
+    read = []
+    real_pread, real_preadv = os.pread, os.preadv
+    monkeypatch.setattr(os, "pread", lambda fd, n, off: read.append(n) or real_pread(fd, n, off))
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, off: read.append(sum(map(len, bufs))) or real_preadv(fd, bufs, off))
+    r = OnnxReader(p)
+    assert p.stat().st_size > 16 << 20 and sum(read) < 256 << 10, sum(read)
+    read.clear()
+    assert torch.equal(r.read("other"), torch.from_numpy(big[:2]))
+    assert sum(read) == big[:2].nbytes
+    monkeypatch.undo()
+    assert set(r.metas()) == {"w", "other"}
+    r.close()
+
+
+# ------------------------------------------------------------------------------ into PyTorch
+
+@pytest.mark.parametrize("fixture,twin", list(FIXTURES.items()))
+def test_converts_into_the_pytorch_model(cli, tmp_path, fixture, twin):
+    src = DATA / fixture
+    before = sha(src)
+    rules = tmp_path / "rules.yaml"
+    r = cli("suggest", src, "--target", f"{NETS}:{twin}", "-o", rules)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    text = rules.read_text()
+    assert "cannot fix" not in text and "review:" not in text.split("\n", 2)[2], text
+    out = tmp_path / "out.safetensors"
+    r = cli("apply", src, "-r", rules, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    model = getattr(onnx_nets, twin)()
+    model.load_state_dict(load_file(out), strict=True)
+    model.eval()
+    ref = np.load(DATA / f"{ref_name(fixture)}.npz")
+    with torch.no_grad():
+        y = model(torch.from_numpy(ref["x"]))
+    assert_outputs_close(y, torch.from_numpy(ref["y"]))
+    assert sha(src) == before
+    stored_io = {"mlp_ts.onnx": ["b"], "mlp_ext/model.onnx": ["b"], "emb_ts.onnx": ["head"], "emb_dyn.onnx": ["head"],
+                 "helper_anon.onnx": ["hidden", "out"]}.get(fixture, [])
+    for layer in stored_io:  # the (in, out) weights, square ones too, are transposed
+        assert re.search(rf"transpose: \{{keys: .*{layer}\\\\?\.weight.*IO->OI", text), text
+
+
+def test_a_square_matmul_weight_is_not_taken_under_its_own_name(tmp_path):
+    """b.weight (7 x 7) is the Linear's name and shape, but stored (in, out): same names must not win."""
+    from ckptfix import api
+    from ckptfix.suggest import suggest
+
+    tgt = api.resolve_target(f"{NETS}:OnnxMLP")
+    with OnnxReader(DATA / "mlp_ts.onnx") as r:
+        s = suggest(r.metas(), tgt, classes=r.layer_classes(), configs=r.layer_configs(), source_format="onnx",
+                    layer_order=r.extras()["execution_order"])
+    assert s.fits and "transpose: {keys: ^b\\.weight$, layout: IO->OI}" in s.text
+
+
+def test_inspect_reads_the_layers(cli):
+    r = cli("inspect", DATA / "helper_anon.onnx")
+    assert r.exit_code == 0, r.stderr
+    assert "Gemm(in=4, out=8)" in r.stdout and "MatMul(in=8, out=8)" in r.stdout
+    assert "Conv(in=3, out=4, kernel=3x3)" in r.stdout
+
+
+def test_layer_table_instancenorm_and_onnx_forms():
+    m = torch.nn.InstanceNorm2d(5, affine=True)
+    attrs = T.torch_attrs(m)
+    assert T.TORCH["InstanceNorm2d"].shapes(attrs) == {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    m = torch.nn.InstanceNorm1d(3, track_running_stats=True)
+    assert T.TORCH["InstanceNorm1d"].shapes(T.torch_attrs(m)) == {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    read = lambda shapes, cls, cfg: [(u.kind, u.attrs, {k: getattr(c, "layout", None) for k, c in u.tensors.items()})  # noqa: E731
+                                     for _, _, us in T.keras_readings(shapes, cls, cfg) for u in us]
+    s = {"weight": (6, 4), "bias": (4,)}
+    assert read(s, "Gemm", {"transB": 0}) == [("Linear", {"in_features": 6, "out_features": 4, "bias": True},
+                                                {"weight": "IO->OI", "bias": None})]
+    assert read({"weight": (4, 6), "bias": (4,)}, "Gemm", {"transB": 1})[0][2] == {"weight": None, "bias": None}
+    assert read(s, "Gemm", {"transB": 0, "transA": 1}) == []
+    assert read(s, "Gemm", {"transB": 0, "alpha": 2.0}) == []
+    assert read({"weight": (6, 2, 3, 3)}, "ConvTranspose", {"group": 2})[0][:2] == (
+        "ConvTranspose2d", {"in_channels": 6, "out_channels": 4, "kernel_size": (3, 3), "groups": 2, "bias": False})
+    # Keras' BatchNormalization and ONNX's share a class name; their variables tell them apart
+    bn = {v: (3,) for v in ("weight", "bias", "running_mean", "running_var")}
+    assert [f.framework for f, _, _ in T.keras_readings(bn, "BatchNormalization", {})] == ["ONNX"]
+    kb = {v: (3,) for v in ("gamma", "beta", "moving_mean", "moving_variance")}
+    assert [f.framework for f, _, _ in T.keras_readings(kb, "BatchNormalization", {})] == ["Keras"]
+
+
+# ------------------------------------------------------------------------------ hostile files
+
+
+def one_line_error(cli, path: Path, pattern: str) -> str:
+    before = sha(path) if path.is_file() else None
+    r = cli("inspect", path)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert len(lines) == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert lines[0].startswith(f"ckptfix: error: {path}: "), r.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    if before is not None:
+        assert sha(path) == before
+    return lines[0]
+
+
+def model_bytes(inits=(), nodes=(), ir_version=8) -> bytes:
+    g = helper.make_graph(list(nodes), "g", [], [], list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = ir_version
+    return m.SerializeToString()
+
+
+def write(tmp_path: Path, data: bytes, name: str = "m.onnx") -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def test_truncated_model(cli, tmp_path):
+    data = (DATA / "cnn_ts.onnx").read_bytes()
+    one_line_error(cli, write(tmp_path, data[: len(data) // 2]), r"truncated or corrupt ONNX model: .*runs past")
+
+
+def test_a_length_past_the_end(cli, tmp_path):
+    t = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    data = bytearray(model_bytes([t]))
+    i = data.index(bytes(t.raw_data))      # raw_data's length is the byte before its payload
+    assert data[i - 1] == 16
+    data[i - 1] = 0x7F                      # 127 bytes declared, 16 there
+    one_line_error(cli, write(tmp_path, bytes(data)), r"length 127 runs past the message")
+
+
+def external_tensor(location: str, offset: int | None = None, length: int | None = None) -> TensorProto:
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4], data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
+        if v is not None:
+            t.external_data.add(key=k, value=str(v))
+    return t
+
+
+@pytest.mark.parametrize("location,pattern", [
+    ("../outside.bin", r"external data '\.\./outside\.bin': resolves to .*outside the checkpoint's directory"),
+    ("/etc/hostname", r"external data location '/etc/hostname' is an absolute path: refused"),
+    ("sub/../../outside.bin", r"outside the checkpoint's directory"),
+    ("missing.bin", r"external data 'missing\.bin': no such file"),
+])
+def test_external_data_must_stay_inside_the_model_directory(cli, tmp_path, location, pattern):
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
+    one_line_error(cli, write(d, model_bytes([external_tensor(location, 0, 16)])), pattern)
+
+
+@pytest.mark.parametrize("offset,length,pattern", [
+    (8, 16, r"at \[8, 24\) runs past the end of that file \(16 bytes\)"),
+    (0, 12, r"need 16 bytes but its external data holds 12"),
+    (-4, 16, r"negative external data offset"),
+    ("x", 16, r"are not integers"),
+])
+def test_external_ranges_are_checked(cli, tmp_path, offset, length, pattern):
+    (tmp_path / "w.bin").write_bytes(b"\0" * 16)
+    one_line_error(cli, write(tmp_path, model_bytes([external_tensor("w.bin", offset, length)])), pattern)
+
+
+def test_raw_data_must_match_dims_and_dtype(cli, tmp_path):
+    t = numpy_helper.from_array(np.ones((2, 3), np.float32), "w")
+    t.dims[:] = [2, 4]
+    one_line_error(cli, write(tmp_path, model_bytes([t])), r"'w': dims \[2, 4\] of float32 need 32 bytes but its "
+                                                           r"raw_data holds 24")
+
+
+def test_negative_dims(cli, tmp_path):
+    t = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    t.dims[:] = [-1, -4]
+    one_line_error(cli, write(tmp_path, model_bytes([t])), r"'w' has negative dims \[-1, -4\]")
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_a_dims_product_past_any_memory(cli, tmp_path, raw):
+    t = numpy_helper.from_array(np.ones(4, np.float32), "w") if raw else \
+        helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0] * 4)
+    t.dims[:] = [2 ** 62, 2 ** 62, 16]
+    one_line_error(cli, write(tmp_path, model_bytes([t])), r"need \d{30,} (bytes|values) but it")
+
+
+def test_typed_varints_are_counted_exactly_on_read(tmp_path):
+    t = helper.make_tensor("w", TensorProto.INT64, [3], [1, 2, 3])
+    t.dims[:] = [2]  # 3 bytes of packed varints hold 1 to 3 values: only decoding them tells
+    p = write(tmp_path, model_bytes([t]))
+    with OnnxReader(p) as r:
+        with pytest.raises(InputError, match=r"'w': dims \[2\] need 2 values but it holds 3"):
+            r.read("w")
+
+
+def nested_if_model(depth: int) -> bytes:
+    """Hand-encoded: a graph holding an If node whose then_branch is a graph holding ... ``depth`` deep."""
+    def varint(n: int) -> bytes:
+        out = b""
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    def ld(field: int, payload: bytes) -> bytes:
+        return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+    graph = ld(2, b"leaf")
+    for _ in range(depth):
+        attr = ld(1, b"then_branch") + varint(20 << 3) + varint(5) + ld(6, graph)
+        graph = ld(1, ld(4, b"If") + ld(5, attr))
+    return varint(1 << 3) + varint(8) + ld(7, graph)
+
+
+def test_deeply_nested_subgraphs(cli, tmp_path):
+    ok = write(tmp_path, nested_if_model(10), "ok.onnx")
+    with OnnxReader(ok) as r:
+        assert r.metas() == {}
+    one_line_error(cli, write(tmp_path, nested_if_model(5000)), r"subgraphs nested more than 64 deep")
+
+
+def test_other_malformations(cli, tmp_path):
+    a = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    one_line_error(cli, write(tmp_path, model_bytes([a, a]), "dup.onnx"), r"two tensors are named 'w'")
+    bad = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    bad.name = "x"
+    data = model_bytes([bad]).replace(b"\x42\x01x", b"\x42\x01\xff")  # name "x" -> an invalid UTF-8 byte
+    one_line_error(cli, write(tmp_path, data, "utf8.onnx"), r"name is not UTF-8")
+    both = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    both.float_data[:] = [1.0, 2.0]
+    one_line_error(cli, write(tmp_path, model_bytes([both]), "both.onnx"), r"both raw_data and typed data")
+    one_line_error(cli, write(tmp_path, model_bytes(ir_version=7)[:-1] + b"\xff", "cut.onnx"),
+                   r"truncated or corrupt ONNX model")
+
+
+def test_strings_and_complex_are_left_out_with_a_warning(cli, tmp_path):
+    inits = [helper.make_tensor("vocab", TensorProto.STRING, [2], [b"a", b"b"]),
+             numpy_helper.from_array(np.ones(2, np.complex64), "z"),
+             numpy_helper.from_array(np.ones(2, np.float32), "w")]
+    p = write(tmp_path, model_bytes(inits))
+    with OnnxReader(p) as r:
+        assert list(r.metas()) == ["w"]
+        assert any("vocab (string)" in w and "z (complex64)" in w for w in r.warnings()), r.warnings()
+
+
+# ------------------------------------------------------------------------------ property test
+
+DTYPES = [TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.INT8,
+          TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8, TensorProto.UINT16,
+          TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL]
+
+
+@st.composite
+def tensors(draw, i: int):
+    code = draw(st.sampled_from(DTYPES))
+    dims = draw(st.lists(st.integers(0, 3), max_size=3))
+    np_dtype = helper.tensor_dtype_to_np_dtype(code)
+    n = int(np.prod(dims)) if dims else 1
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    if code in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        vals = (rng.standard_normal(n) * 100).astype(np.float32)
+    elif code == TensorProto.BOOL:
+        vals = rng.integers(0, 2, n).astype(bool)
+    else:
+        info = np.iinfo(np_dtype)
+        vals = rng.integers(info.min, info.max, n, dtype=np.int64 if info.min < 0 else np.uint64, endpoint=True)
+    raw = draw(st.booleans())
+    name = f"t{i}"
+    t = helper.make_tensor(name, code, dims, vals.tolist())  # typed: float_data, int32_data, ...
+    if raw:  # the same values as raw_data (bfloat16's bit patterns via numpy_helper)
+        t = helper.make_tensor(name, code, dims, numpy_helper.to_array(t).tobytes(), raw=True)
+    as_constant = draw(st.booleans())
+    return t, as_constant
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 5).flatmap(lambda k: st.tuples(*[tensors(i) for i in range(k)])))
+def test_random_models_read_back_equal_to_numpy_helper(tmp_path_factory, drawn):
+    inits = [t for t, c in drawn if not c]
+    nodes = [helper.make_node("Constant", [], [t.name], value=t) for t, c in drawn if c]
+    p = tmp_path_factory.mktemp("prop") / "m.onnx"
+    p.write_bytes(model_bytes(inits, nodes))
+    with OnnxReader(p) as r:
+        metas = r.metas()
+        assert set(metas) == {t.name for t, _ in drawn}
+        for t, _ in drawn:
+            want = numpy_helper.to_array(t)
+            got = r.read(t.name)
+            assert metas[t.name].shape == want.shape
+            assert r._tensors[t.name].where == ("raw" if t.HasField("raw_data") else "typed")
+            assert same_values(got, want), (t.name, got, want)
