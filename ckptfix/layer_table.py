@@ -129,8 +129,9 @@ for _n in (1, 2, 3):
     TORCH[f"ConvTranspose{_n}d"] = TorchLayer((f"ConvTranspose{_n}d",), _CONV_ATTRS, _conv(_n, True), spatial=_n)
     TORCH[f"BatchNorm{_n}d"] = TorchLayer((f"BatchNorm{_n}d",), ("num_features", "affine", "track_running_stats"),
                                           _batchnorm, frozenset({"running_mean", "running_var", "num_batches_tracked"}))
-    TORCH[f"InstanceNorm{_n}d"] = TorchLayer((f"InstanceNorm{_n}d",), ("num_features", "affine", "track_running_stats"),
-                                             _instancenorm, frozenset({"running_mean", "running_var", "num_batches_tracked"}))
+    TORCH[f"InstanceNorm{_n}d"] = TorchLayer(
+        (f"InstanceNorm{_n}d",), ("num_features", "affine", "track_running_stats"), _instancenorm,
+        frozenset({"running_mean", "running_var", "num_batches_tracked"}))
 TORCH.update({
     "Linear": TorchLayer(("Linear",), ("in_features", "out_features", "bias"), _linear),
     "LayerNorm": TorchLayer(("LayerNorm",), ("normalized_shape", "elementwise_affine", "bias"), _layernorm),
@@ -782,5 +783,6 @@ def params_of(kind: str, attrs: dict) -> int:
 
 
 __all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "ONNX", "ONNX_INPUTS", "FORMS_BY_CLASS", "Unit", "Convert", "Fill",
-           "keras_readings", "torch_readings", "variable_names", "conv_layout", "depthwise_layout", "params_of", "torch_attrs"]
+           "keras_readings", "torch_readings", "variable_names", "conv_layout", "depthwise_layout", "params_of",
+           "torch_attrs"]
 

@@ -25,6 +25,9 @@ MAX_DEPTH = 500
 # ONNX subgraphs (If/Loop/Scan bodies inside nodes' attributes) nest a few levels in real models;
 # each level is a few frames of the walk over them (formats/onnx_io.py)
 MAX_GRAPH_DEPTH = 64
+# ... and the node inputs/outputs an ONNX graph may name, each a Python string the reader keeps (a
+# large language model's graph names well under a million; a crafted 2 GB file could name 10^9)
+MAX_GRAPH_NAMES = 5_000_000
 
 # -- planned tensors (plan.py) ---------------------------------------------------------------------
 MAX_TENSOR_BYTES = 1 << 40     # 1 TiB: no tensor a rule makes may be larger, whatever the machine

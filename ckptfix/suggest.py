@@ -277,7 +277,8 @@ def _eps_rules(m: Matching, target: Target, configs: dict[str, dict], rules: _Ru
             if t.kind.startswith("BatchNorm") and "running_var" in t.keys:
                 groups.setdefault((src_eps, float(to)), []).append(t.keys["running_var"])
             else:
-                rules.header.append(f"# {t.module}: {framework} {cls} eps {src_eps:g}, target eps {to:g}: outputs differ "
+                rules.header.append(f"# {t.module}: {framework} {cls} eps {src_eps:g}, target eps {to:g}: "
+                                    "outputs differ "
                                     f"slightly; build it with eps={src_eps:g}")
     for (a, b), keys in groups.items():
         rules.add("bn_eps", {"keys": _anchored(keys), "from": a, "to": b},

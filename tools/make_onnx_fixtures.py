@@ -154,7 +154,8 @@ def helper_model() -> None:
         init("const_fold_opt__8", sd["out.weight"].T),             # MatMul B: (in, out), square
         init("const_fold_opt__9", sd["out.bias"]),
     ]
-    graph = helper.make_graph(nodes, "tf2onnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
+    graph = helper.make_graph(nodes, "tf2onnx",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])], inits)
     m = helper.make_model(graph, producer_name="tf2onnx", opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 8

@@ -68,7 +68,7 @@ from typing import Any
 
 from .. import layer_table as T
 from ..errors import InputError
-from ..limits import MAX_GRAPH_DEPTH
+from ..limits import MAX_GRAPH_DEPTH, MAX_GRAPH_NAMES
 from ..tensors import TensorMeta
 from .base import Reader
 from .protowire import Corrupt, FileBytes, int64, varints, walk
@@ -296,6 +296,7 @@ class _Sink:
         self.tensors: list[_Tensor] = []
         self.nodes: list[_Node] = []
         self.sparse = 0
+        self.names = 0
         self.producer = ""
         self.ir_version = None
         self.opsets: dict[str, int] = {}
@@ -310,7 +311,12 @@ class _Sink:
             if f.wire != 2:
                 continue
             if f.number == 1:
-                self.nodes.append(_node(self.fb, f.offset, f.end, depth, self))
+                node = _node(self.fb, f.offset, f.end, depth, self)
+                self.names += len(node.inputs) + len(node.outputs) + 1
+                if self.names > MAX_GRAPH_NAMES:
+                    raise Corrupt(f"the graph names more than {MAX_GRAPH_NAMES:,} node inputs and outputs: "
+                                  "corrupt or hostile")
+                self.nodes.append(node)
             elif f.number == 5:
                 self.tensor(_tensor(self.fb, f.offset, f.end, "initializer", self.model))
             elif f.number == 15:
