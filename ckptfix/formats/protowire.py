@@ -119,11 +119,6 @@ def varints(data, what: str = "packed varints"):
     return out
 
 
-def count_varints(n_bytes: int) -> tuple[int, int]:
-    """The fewest and most varints ``n_bytes`` of packed varints can hold (10 bytes to 1 each)."""
-    return -(-n_bytes // 10), n_bytes
-
-
 class FileBytes:
     """A file's bytes ``[0, size)`` as ``walk`` and ``read_varint`` index them (``fb[i]``,
     ``fb[a:b]``), read with ``pread`` through one window of ``window`` bytes: a message is walked
