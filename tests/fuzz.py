@@ -57,7 +57,7 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 FORMATS = ("safetensors", "pt", "pt-legacy", "keras-h5", "keras-weights", "keras-archive",
-           "tf-bundle", "npy", "npz", "dcp")
+           "tf-bundle", "npy", "npz", "dcp", "onnx")
 
 
 # =============================================================================================
@@ -421,6 +421,14 @@ def build_corpus() -> dict[str, list[Seed]]:
         d = DATA / "dcp" / case
         files = {p.name: p.read_bytes() for p in sorted(d.iterdir())}
         add("dcp", case, files, entry=".metadata", mutable=sorted(files), kind="raw")
+
+    # ONNX: exported by torch (both exporters), external data, onnx.helper's typed fields
+    for case in ("cnn_ts", "emb_dyn", "helper_anon"):
+        add("onnx", case, {"m.onnx": (DATA / "onnx" / f"{case}.onnx").read_bytes()}, kind="raw")
+    ext = DATA / "onnx" / "mlp_ext"
+    files = {p.name: p.read_bytes() for p in sorted(ext.iterdir())}
+    add("onnx", "external", files, entry=next(n for n in files if n.endswith(".onnx")), mutable=sorted(files),
+        kind="raw")
 
     # .npy
     add("npy", "f32", {"a.npy": _npy_bytes(np.arange(12, dtype="f4").reshape(3, 4))}, kind="npy")

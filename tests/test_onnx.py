@@ -291,6 +291,7 @@ def external_tensor(location: str, offset: int | None = None, length: int | None
     ("/etc/hostname", r"external data location '/etc/hostname' is an absolute path: refused"),
     ("sub/../../outside.bin", r"outside the checkpoint's directory"),
     ("missing.bin", r"external data 'missing\.bin': no such file"),
+    ("w\0.bin", r"NUL byte"),   # found by tests/fuzz.py (onnx seed 5): was a ValueError from realpath
 ])
 def test_external_data_must_stay_inside_the_model_directory(cli, tmp_path, location, pattern):
     d = tmp_path / "model"

@@ -33,6 +33,8 @@ HF_SNAPSHOTS, HF_BLOBS = "snapshots", "blobs"
 
 
 def _real(p: str | Path) -> Path:
+    if "\0" in str(p):  # a name read from a file (an ONNX location, a DCP relative_path, ...)
+        raise InputError(str(p).replace("\0", "\\0"), "file name contains a NUL byte: corrupt or crafted reference")
     return Path(os.path.realpath(p))  # not Path.resolve(): it raises on a symlink loop
 
 
