@@ -712,7 +712,7 @@ def torch_readings(shapes: dict[str, Shape]) -> list[Unit]:
         n = len(w) - 2
         k = w[2:]
         b = shapes.get("bias")
-        tg = b[0] // w[1] if b and w[1] and b[0] % w[1] == 0 and w[0] % (b[0] // w[1]) == 0 else 1  # bias: out
+        tg = b[0] // w[1] if b and b[0] and w[1] and b[0] % w[1] == 0 and w[0] % (b[0] // w[1]) == 0 else 1  # bias: out
         cands = [Unit(f"Conv{n}d", {"in_channels": w[1], "out_channels": w[0], "kernel_size": k, "groups": 1,
                                     "bias": "bias" in names}, same),
                  Unit(f"ConvTranspose{n}d", {"in_channels": w[0], "out_channels": w[1] * tg, "kernel_size": k,

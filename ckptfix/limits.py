@@ -17,6 +17,7 @@ MAX_RATIO = 1100
 MAX_JSON_MEMBER = 64 << 20     # config.json / metadata.json of a .keras archive
 MAX_PICKLE_MEMBER = 256 << 20  # a compressed data.pkl (torch never compresses one; it reads it whole)
 MAX_SMALL_RECORD = 1 << 20     # byteorder, version, .storage_alignment ... of a torch zip
+MAX_CODE_MEMBER = 16 << 20     # a code/*.py file of a TorchScript archive (read whole; its declarations parsed)
 
 # -- nesting -------------------------------------------------------------------------------------
 # Real configs and checkpoint containers nest a few dozen levels; the walkers over them recurse,

@@ -26,7 +26,10 @@ def human_count(n: int) -> str:
 
 
 def inspect_text(info: dict) -> str:
-    out = [f"{_s(info['path'])}: {_s(info['format'])}, {len(info['tensors'])} tensors, "
+    # a reader may name its format in words (extras' format_description): "TorchScript archive (torchscript)"
+    fmt = _s(info["format"]) if not info.get("format_description") else \
+        f"{_s(info['format_description'])} ({_s(info['format'])})"
+    out = [f"{_s(info['path'])}: {fmt}, {len(info['tensors'])} tensors, "
            f"{human_count(info['params'])} params"]
     if info.get("state_key"):
         out.append(f"state dict at {_s(repr(info['state_key']))}; other entries: "

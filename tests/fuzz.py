@@ -57,7 +57,7 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 FORMATS = ("safetensors", "pt", "pt-legacy", "keras-h5", "keras-weights", "keras-archive",
-           "tf-bundle", "npy", "npz", "dcp", "onnx")
+           "tf-bundle", "npy", "npz", "dcp", "onnx", "torchscript")
 
 
 # =============================================================================================
@@ -356,6 +356,10 @@ def build_corpus() -> dict[str, list[Seed]]:
          ("n", small["bn.num_batches_tracked"])]),
         "epoch": 3, "hyper_parameters": {"lr": 0.1, "name": "x"}}
     add("pt", "container-views", {"m.pt": _pt_zip_bytes(container)}, kind="zip-pt")
+
+    # TorchScript archives (torch.jit.save): tools/make_torchscript_fixtures.py's
+    for what in ("convbn_scripted", "seq_traced"):
+        add("torchscript", what, {"m.pt": (DATA / "torchscript" / f"{what}.pt").read_bytes()}, kind="zip-pt")
 
     # PyTorch legacy (non-zip)
     legacy_sd = collections.OrderedDict([("weight", seed_sd["weight"][:2].clone()),

@@ -202,6 +202,28 @@ def torchscript_pt() -> bytes:
     return buf.getvalue()
 
 
+def torchscript_hostile() -> bytes:
+    """A TorchScript archive whose data.pkl calls os.system instead of building the module."""
+    src, buf = zipfile.ZipFile(io.BytesIO(torchscript_pt())), io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = b"\x80\x02cos\nsystem\nX\x05\x00\x00\x00touch\x85R."
+            z.writestr(info.filename, data)
+    return buf.getvalue()
+
+
+def pt_with_entry(name: str) -> bytes:
+    """The seed with one more zip entry, ``name`` (an empty name once raised IndexError)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(PT)) as src, zipfile.ZipFile(buf, "w") as z:
+        for info in src.infolist():
+            z.writestr(info, src.read(info))
+        z.writestr(zipfile.ZipInfo(name), b"x")
+    return buf.getvalue()
+
+
 def raw_pickle() -> bytes:
     """A plain pickle (protocol 4) of the weights as lists: not something torch.load reads safely."""
     return pickle.dumps({k: v.tolist() for k, v in torch.load(SEED, weights_only=True).items()}, protocol=4)
@@ -248,7 +270,8 @@ BROKEN: dict[str, tuple] = {
     "pt-legacy-cut-20": (lambda st: legacy_pt()[:20], r"truncated|unexpected (end|EOF)"),
     "pt-legacy-cut-half": (lambda st: legacy_pt()[: len(legacy_pt()) // 2], r"truncated|unexpected (end|EOF)|corrupt"),
     "pt-legacy-cut-last-byte": (lambda st: legacy_pt()[:-1], r"truncated|unexpected (end|EOF)|corrupt"),
-    "torchscript-archive": (lambda st: torchscript_pt(), r"TorchScript"),
+    "pt-entry-with-empty-name": (lambda st: pt_with_entry(""), r"corrupt"),
+    "torchscript-hostile-global": (lambda st: torchscript_hostile(), r"os\.system.*can run code"),
     "raw-pickle-protocol-4": (lambda st: raw_pickle(), r"not a PyTorch checkpoint|unsupported"),
     "zip-not-a-checkpoint": (lambda st: zip_of_text(), r"zip archive"),
     # things downloads and repositories hand out instead of weights
@@ -281,6 +304,23 @@ def test_real_files_are_fine(cli, seed_st, seed_pt, outdir):
     r = cli("apply", seed_st, "-r", PAD_PRESET, "-o", out)
     assert r.exit_code == 0, r.stderr
     assert load_file(str(out))["weight"].shape == (15, 3, 5, 5)
+
+
+def test_a_torchscript_archive_reads(cli, tmp_path, outdir):
+    """The seed scripted and saved with torch.jit.save: read as its state dict (once refused as
+    unsupported; tests/test_torchscript.py has the rest), and fixed like the seed."""
+    p = tmp_path / "seed_scripted.pt"
+    p.write_bytes(torchscript_pt())
+    before = sha(p)
+    r = cli("inspect", p)
+    assert r.exit_code == 0 and r.stderr == "", r.stderr
+    assert "TorchScript archive" in r.stdout and "Conv2d(in=3, out=10, kernel=5x5)" in r.stdout
+    out = outdir / "fixed.safetensors"
+    r = cli("apply", p, "-r", PAD_PRESET, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    got, seed = load_file(str(out)), torch.load(SEED, weights_only=True)
+    assert got["weight"].shape == (15, 3, 5, 5) and torch.equal(got["weight"][:10], seed["weight"])
+    assert sha(p) == before
 
 
 @pytest.mark.parametrize("name", list(BROKEN))

@@ -49,6 +49,12 @@ def test_reading_a_state_dict_finds_the_layer(kind, attrs):
     assert family in kinds
 
 
+def test_a_conv_with_an_empty_bias_is_read_without_dividing_by_zero():
+    """Found by fuzzing a TorchScript archive: a bias of shape (0,) beside a conv weight raised
+    ZeroDivisionError in the ConvTranspose groups guess."""
+    assert T.torch_readings({"weight": (8, 6, 3, 3), "bias": (0,)}) is not None
+
+
 def test_linear_counts_its_bias():
     """explain counted Linear(in=256, out=360) as 92,160 (the bias missing)."""
     assert T.params_of("Linear", {"in_features": 256, "out_features": 360}) == 92_520

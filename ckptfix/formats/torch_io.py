@@ -283,15 +283,8 @@ class TorchReader(Reader):
         self.eager = legacy  # eager: tensors already hold their data (read whole by torch.load)
         if legacy:
             self.format = "pt-legacy"
-        self._allowed = [(resolve_global(n, self.path), n if "." in n else f"builtins.{n}")
-                         for n in allow_globals]
-        self._allowed_names = {name for _obj, name in self._allowed}
-        self._inert: dict[str, type] = {}  # global name -> its placeholder class (pickles.Inert)
-        self._candidates: set[tuple[str, str]] = set()
-        self._asked = 0  # distinct globals the pickle was seen to use
-        self._used: dict[str, type] | None = None
-        self._records: dict[int, zipfile.ZipInfo] = {}
-        self._zipinfos: list[zipfile.ZipInfo] | None = None
+        self._init_registry([(resolve_global(n, self.path), n if "." in n else f"builtins.{n}")
+                             for n in allow_globals])
         if not legacy:
             self._check_zip()  # before torch (or zipfile) decompresses or trusts any record
         # legacy (non-zip) files cannot be loaded lazily: they are read whole.
@@ -319,6 +312,18 @@ class TorchReader(Reader):
             except KeyError:
                 raise InputError(self.path, f"tensor {name!r} has dtype {t.dtype}, which ckptfix does not handle") from None
             self._check_size(name, t)
+
+    def _init_registry(self, allowed: list[tuple[object, str]]) -> None:
+        """The state the pickle loading and the storage reading below keep (also set up by the
+        TorchScript reader, which reuses them): ``allowed``, the real objects admitted by name."""
+        self._allowed = allowed
+        self._allowed_names = {name for _obj, name in self._allowed}
+        self._inert: dict[str, type] = {}  # global name -> its placeholder class (pickles.Inert)
+        self._candidates: set[tuple[str, str]] = set()
+        self._asked = 0  # distinct globals the pickle was seen to use
+        self._used: dict[str, type] | None = None
+        self._records: dict[int, zipfile.ZipInfo] = {}
+        self._zipinfos: list[zipfile.ZipInfo] | None = None
 
     def _unwrap_modules(self) -> list[str]:
         """A whole pickled nn.Module (``torch.save(model)``), at the top or under a top-level key
@@ -512,7 +517,7 @@ class TorchReader(Reader):
         except Exception:  # noqa: BLE001 - a broken zip: torch.load reports it
             self._zipinfos = None
             return
-        dirs = [i.filename for i in self._zipinfos if i.external_attr & 0x10 or i.is_dir()]
+        dirs = [i.filename for i in self._zipinfos if i.external_attr & 0x10 or i.filename.endswith("/")]
         if dirs:
             raise InputError(self.path, f"zip entry {dirs[0]!r} is marked as a directory (corrupt "
                              "file: torch would read uninitialized memory for it)")
