@@ -109,15 +109,15 @@ def test_names_are_resolved_per_variable(tmp_path, seed):
     """Random object graphs: unique <layer>/<var> full names are kept; a full name shared by
     variables with different values, a missing one, or one without '/' costs only those
     variables their names (they keep object paths); same-valued copies are one variable."""
-    rng = np.random.RandomState(seed)
+    rng = np.random.default_rng(seed)
     pool = [f"layer{i}/{v}" for i in range(4) for v in ("kernel", "bias")]
     variables, expect, copies = [], {}, 0
-    for i in range(rng.randint(3, 12)):
+    for i in range(int(rng.integers(3, 12))):
         path = f"obj/{i}"
-        value = rng.randn(int(rng.randint(1, 4))).astype(np.float32)
+        value = rng.standard_normal(int(rng.integers(1, 4))).astype(np.float32)
         kind = rng.choice(["unique", "shared", "none", "noslash", "copy"])
         if kind == "copy" and variables:
-            src = variables[rng.randint(len(variables))]
+            src = variables[int(rng.integers(len(variables)))]
             if src[1] and "/" in src[1]:
                 variables.append((path, src[1], src[2].copy()))
                 copies += 1

@@ -451,6 +451,9 @@ class TorchScriptReader(TorchReader):
                          if isinstance(node, pickles.Inert) and not node.global_name.startswith("__torch__")})
         if others:
             out["inert_globals"] = others
+        not_weights = {**{n: "tensor attribute" for n in self._plain}, **{n: "constant" for n in self._constants}}
+        if not_weights:
+            out["not_weights"] = not_weights
         return out
 
     def warnings(self) -> list[str]:
