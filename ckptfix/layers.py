@@ -177,7 +177,7 @@ def infer_layer(name: str, tensors: dict[str, TensorMeta], kind: str | None = No
         else:
             _partial(layer, shapes, kind)
         return layer
-    readings = T.keras_readings(shapes, kind if kind in T.KERAS_BY_CLASS else None)
+    readings = T.keras_readings(shapes, kind if kind in T.STORED_CLASSES else None)
     if readings:
         form, _, units = readings[0]
         layer.kind = kind or form.classes[0]
