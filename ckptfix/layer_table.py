@@ -1,12 +1,14 @@
 """The table of layer knowledge: for each torch.nn layer class, its parameters (names and shapes
-from constructor attributes) and, for Keras/TensorFlow, how that framework stores the same layer
-(variable names in save order, TF1 slim names, the layout op that makes each variable PyTorch's,
-and how to read the layer's attributes from the stored shapes alone); for ONNX, which input of
-each layer op is which torch tensor and in what layout (``ONNX_INPUTS``, ``ONNX``).
+from constructor attributes) and, for Keras/TensorFlow and Flax, how that framework stores the
+same layer (variable names in save order, TF1 slim names, the layout op that makes each variable
+PyTorch's, and how to read the layer's attributes from the stored shapes alone; Flax: see its
+section below); for ONNX, which input of each layer op is which torch tensor and in what layout
+(``ONNX_INPUTS``, ``ONNX``).
 
 Everything else reads this table: ``layers`` (readings for inspect/diff/explain and parameter
-counts), ``match``/``suggest`` (target-driven matching), the ``keras-to-torch`` preset (a test
-checks it agrees), the Keras HDF5 reader (variable names of unnamed ``vars/<i>``).
+counts), ``match``/``suggest`` (target-driven matching), the ``keras-to-torch`` and
+``flax-to-torch`` presets (tests check they agree), the Keras HDF5 reader (variable names of
+unnamed ``vars/<i>``), the Flax reader (classes from module names and variables).
 
 Conventions checked against the real frameworks by ``tools/zoo_oracle.py`` and the zoo tests:
 
@@ -224,6 +226,7 @@ class Convert:
     row: int | None = None                     # take row ``row`` of axis 0 (GRU bias (2, 3U))
     blocks: tuple[int, ...] | None = None      # reorder equal blocks of axis 0 (GRU gates)
     squeeze: bool = False                      # drop size-1 axes (PReLU alpha [1, 1, C] -> [C])
+    flip: tuple[int, ...] = ()                 # reverse these axes after the layout (Flax ConvTranspose)
 
     @property
     def converts(self) -> bool:
@@ -259,7 +262,8 @@ class Unit:
 @dataclass(frozen=True)
 class KerasLayer:
     """How a framework stores a layer class (``classes``) and what torch modules it is: Keras
-    (``KERAS``), or ONNX (``ONNX``, read from the graph's nodes; ``framework="ONNX"``)."""
+    (``KERAS``), Flax (``FLAX``: Keras' Conv/Dense rows and its own, ``framework="Flax"``), or ONNX
+    (``ONNX``, read from the graph's nodes; ``framework="ONNX"``)."""
 
     classes: tuple[str, ...]
     variables: tuple[str, ...]                  # names in Keras' save order (``vars/0``, ``vars/1``...)
@@ -354,32 +358,42 @@ def _keras_dense(s, cfg):
                  {"weight": Convert("kernel", "IO->OI"), **_bias(s)})]
 
 
-def _keras_batchnorm(s, cfg):
-    c = next((s[v] for v in ("gamma", "beta", "moving_mean", "moving_variance") if v in s), None)
-    if c is None or len(c) != 1 or any(v != c for v in s.values()):
-        return None
-    if "moving_mean" not in s or "moving_variance" not in s:
-        return None
-    t: dict[str, Convert | Fill] = {"weight": Convert("gamma") if "gamma" in s else Fill(1.0),
-                                    "bias": Convert("beta") if "beta" in s else Fill(0.0),
-                                    "running_mean": Convert("moving_mean"), "running_var": Convert("moving_variance"),
-                                    "num_batches_tracked": Fill(0)}
-    return [Unit("BatchNorm2d", {"num_features": c[0]}, t)]  # the matcher takes any BatchNorm{1,2,3}d
-
-
-def _keras_norm(kind: str):
+def _batchnorm(scale: str, shift: str, mean: str, var: str):
+    """BatchNorm stored as ``scale, shift, mean, var`` (Keras: gamma, beta, moving_mean,
+    moving_variance; Flax: scale, bias, mean, var): torch's weight, bias, running_mean, running_var."""
     def units(s, cfg):
-        g = s.get("gamma") or s.get("beta")
+        c = next((s[v] for v in (scale, shift, mean, var) if v in s), None)
+        if c is None or len(c) != 1 or any(v != c for v in s.values()):
+            return None
+        if mean not in s or var not in s:
+            return None
+        t: dict[str, Convert | Fill] = {"weight": Convert(scale) if scale in s else Fill(1.0),
+                                        "bias": Convert(shift) if shift in s else Fill(0.0),
+                                        "running_mean": Convert(mean), "running_var": Convert(var),
+                                        "num_batches_tracked": Fill(0)}
+        return [Unit("BatchNorm2d", {"num_features": c[0]}, t)]  # the matcher takes any BatchNorm{1,2,3}d
+    return units
+
+
+_keras_batchnorm = _batchnorm("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def _norm(kind: str, scale: str = "gamma", shift: str = "beta"):
+    def units(s, cfg):
+        g = s.get(scale) or s.get(shift)
         if g is None or any(v != g for v in s.values()):
             return None
-        t = {"weight": Convert("gamma") if "gamma" in s else Fill(1.0),
-             "bias": Convert("beta") if "beta" in s else Fill(0.0)}
+        t = {"weight": Convert(scale) if scale in s else Fill(1.0),
+             "bias": Convert(shift) if shift in s else Fill(0.0)}
         if kind == "LayerNorm":
             return [Unit("LayerNorm", {"normalized_shape": g}, t)]
         if len(g) != 1:
             return None
         return [Unit("GroupNorm", {"num_channels": g[0], "num_groups": cfg.get("groups")}, t)]
     return units
+
+
+_keras_norm = _norm
 
 
 def _keras_prelu(s, cfg):
@@ -393,11 +407,16 @@ def _keras_prelu(s, cfg):
     return [Unit("PReLU", {"num_parameters": c}, {"weight": Convert("alpha", squeeze=len(a) != 1)})]
 
 
-def _keras_embedding(s, cfg):
-    e = s.get("embeddings")
-    if e is None or len(e) != 2:
-        return None
-    return [Unit("Embedding", {"num_embeddings": e[0], "embedding_dim": e[1]}, {"weight": Convert("embeddings")})]
+def _embedding(var: str):
+    def units(s, cfg):
+        e = s.get(var)
+        if e is None or len(e) != 2:
+            return None
+        return [Unit("Embedding", {"num_embeddings": e[0], "embedding_dim": e[1]}, {"weight": Convert(var)})]
+    return units
+
+
+_keras_embedding = _embedding("embeddings")
 
 
 def _keras_rnn(kind: str):
@@ -460,7 +479,8 @@ KERAS += [
 KERAS_BY_CLASS: dict[str, KerasLayer] = {c: k for k in KERAS for c in k.classes}
 KERAS_CONV_CLASSES = frozenset(c for c in KERAS_BY_CLASS if "Conv" in c)  # padding facts apply to these
 # tensors that are statistics, not parameters: torch's buffers and Keras' moving statistics
-BUFFERS = frozenset(b for spec in TORCH.values() for b in spec.buffers) | {"moving_mean", "moving_variance"}
+BUFFERS = frozenset(b for spec in TORCH.values() for b in spec.buffers) | {"moving_mean", "moving_variance",
+                                                                          "mean", "var"}  # (Flax batch_stats)
 # Keras' BatchNormalization / LayerNormalization / GroupNormalization default epsilon
 KERAS_EPS = {"BatchNormalization": 1e-3, "LayerNormalization": 1e-3, "GroupNormalization": 1e-3}
 # the variables of the cell of an RNN layer (Keras 3 stores them under ``<layer>/cell``)
@@ -471,6 +491,136 @@ RNN_CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "SimpleRNN": "RNN"}
 # Keras classes with weights but no torch layer here: their variable names, for naming files' ``vars/<i>``
 KERAS_ONLY_VARIABLES = {"EinsumDense": ("kernel", "bias"), "RMSNormalization": ("scale",),
                         "Normalization": ("mean", "variance", "count")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax (flax.linen) side: variables by module, in collections (checked end to end by test_flax)
+#
+# * Conv ``kernel`` (*K, I/g, O), ``bias`` (O,): stored exactly as Keras' Conv{n}D (HWIO->OIHW);
+#   ``feature_group_count`` g is torch's groups (depthwise: g = I, kernel (*K, 1, I*M)); the file
+#   does not record g: the target decides (a grouped kernel is torch's grouped weight after the
+#   layout, whatever g is). Named ``Conv{n}D`` here, so Keras' row and preset rule serve both.
+# * Dense ``kernel`` (I, O) -> Linear ``weight`` (O, I): Keras' Dense.
+# * ConvTranspose, ``transpose_kernel=False`` (Flax's default): ``kernel`` (*K, I, O) is applied
+#   as stored to the stride-dilated input (lax.conv_transpose), torch's ConvTranspose applies its
+#   weight (I, O, *K) flipped: HWIO->IOHW, then every spatial axis reversed.
+#   ``transpose_kernel=True``: ``kernel`` (*K, O, I), flipped by lax itself: HWOI->IOHW, as
+#   Keras' Conv2DTranspose. The file does not say which; when I = O both read, and the default is
+#   taken first. Padding: VALID is torch's padding=0; SAME is padding=(k-s)/2 where k-s is even
+#   (lax pads ceil((k+s-2)/2) before, the rest after; torch pads k-1-p on both sides).
+# * BatchNorm: params ``scale``/``bias``, batch_stats ``mean``/``var``; eps 1e-5 (torch's).
+# * LayerNorm, GroupNorm: ``scale``/``bias``; eps 1e-6 (torch: 1e-5, set eps=1e-6 in the target:
+#   eps inside the square root of a per-sample variance cannot be folded into the weights).
+#   GroupNorm's groups are contiguous runs of channels, as torch's; the file does not record how many.
+# * Embed ``embedding`` (N, D) -> Embedding ``weight`` (N, D).
+# * Names: Flax names a submodule ``<Class>_<i>`` unless given a name; that is the class. Other
+#   names are read from the variables and shapes (``flax_classes``).
+
+FLAX_COLLECTIONS = ("params", "batch_stats")   # one module's variables, side by side in these
+FLAX_EPS = {"BatchNorm": 1e-5, "LayerNorm": 1e-6, "GroupNorm": 1e-6}
+NORM_EPS = {**{c: ("Keras", e) for c, e in KERAS_EPS.items()}, **{c: ("Flax", e) for c, e in FLAX_EPS.items()}}
+
+
+def _flax_conv_transpose(n: int, transpose_kernel: bool):
+    def units(s, cfg):
+        k = s.get("kernel")
+        if k is None or len(k) != n + 2:
+            return None
+        cin, cout = (k[-1], k[-2]) if transpose_kernel else (k[-2], k[-1])
+        if "bias" in s and s["bias"] != (cout,):
+            return None
+        sp = _LETTERS[n]
+        conv = (Convert("kernel", conv_layout(n, transposed=True)) if transpose_kernel else
+                Convert("kernel", f"{sp}IO->IO{sp}", flip=tuple(range(2, n + 2))))
+        return [Unit(f"ConvTranspose{n}d", {"in_channels": cin, "out_channels": cout, "kernel_size": k[:n],
+                                             "groups": 1, "bias": "bias" in s}, {"weight": conv, **_bias(s)})]
+    return units
+
+
+def _any_rank(make):
+    """One Flax class for every spatial rank (1-3): the kernel's rank says which."""
+    def units(s, cfg):
+        k = s.get("kernel")
+        n = len(k) - 2 if k is not None else 0
+        return make(n)(s, cfg) if n in _LETTERS else None
+    return units
+
+
+_FLAX_NOTE_TK = "transpose_kernel=False, Flax's default: kernel flipped for torch"
+FLAX_OWN: list[KerasLayer] = [
+    KerasLayer(("ConvTranspose",), _KB, frozenset({"bias"}), _any_rank(lambda n: _flax_conv_transpose(n, False)),
+               note=_FLAX_NOTE_TK, framework="Flax"),
+    KerasLayer(("ConvTranspose",), _KB, frozenset({"bias"}), _any_rank(lambda n: _flax_conv_transpose(n, True)),
+               note="transpose_kernel=True", framework="Flax"),
+    KerasLayer(("BatchNorm",), ("scale", "bias", "mean", "var"), frozenset({"scale", "bias"}),
+               _batchnorm("scale", "bias", "mean", "var"), framework="Flax"),
+    KerasLayer(("LayerNorm",), ("scale", "bias"), frozenset({"scale", "bias"}), _norm("LayerNorm", "scale", "bias"),
+               framework="Flax"),
+    KerasLayer(("GroupNorm",), ("scale", "bias"), frozenset({"scale", "bias"}), _norm("GroupNorm", "scale", "bias"),
+               framework="Flax"),
+    KerasLayer(("Embed",), ("embedding",), frozenset(), _embedding("embedding"), framework="Flax"),
+]
+# what a Flax layer may be when its name does not say (tried in this order: the first reading is
+# the one shown; the matcher tries all of them against the target)
+FLAX: list[KerasLayer] = ([KERAS_BY_CLASS[f"Conv{n}D"] for n in (1, 2, 3)] + FLAX_OWN[:2]
+                          + [KERAS_BY_CLASS["Dense"]] + FLAX_OWN[2:])
+# Flax's default module names: ``<Class>_<i>`` -> the class as the table names it
+_FLAX_DEFAULT_NAME = re.compile(r"(?P<cls>[A-Z][A-Za-z0-9]*)_\d+")
+_FLAX_AS = {"ConvTranspose": "ConvTranspose", "Dense": "Dense", "BatchNorm": "BatchNorm",
+            "LayerNorm": "LayerNorm", "GroupNorm": "GroupNorm", "Embed": "Embed"}
+# flax.linen classes with variables and no torch layer here: their modules are said to be them
+FLAX_ONLY = frozenset({"DenseGeneral", "Einsum", "RMSNorm", "InstanceNorm", "SpectralNorm", "WeightNorm",
+                       "ConvLocal", "PReLU", "LSTMCell", "OptimizedLSTMCell", "GRUCell", "MGUCell",
+                       "SimpleCell", "ConvLSTMCell", "MultiHeadDotProductAttention", "MultiHeadAttention",
+                       "SelfAttention"})
+_FLAX_ATTENTION = frozenset({"MultiHeadDotProductAttention", "MultiHeadAttention", "SelfAttention"})
+
+
+def flax_split(name: str) -> tuple[str, str]:
+    """``params/Conv_0/kernel`` -> ``('params', 'Conv_0/kernel')``: the collection (``''`` for a
+    file of one collection's contents, as Hugging Face saves ``params``) and the rest."""
+    head, sep, rest = name.partition("/")
+    return (head, rest) if sep and head in FLAX_COLLECTIONS else ("", name)
+
+
+def flax_default_class(module: str, shapes: dict[str, Shape]) -> str | None:
+    """The class a Flax default name (``Conv_0``, ``Dense_3``) says, in the table's names
+    (``Conv_0`` with a rank-4 kernel: ``Conv2D``); a module inside an attention module is a
+    DenseGeneral; None for other names."""
+    parts = module.split("/")
+    m = _FLAX_DEFAULT_NAME.fullmatch(parts[-1])
+    if m is None:
+        up = _FLAX_DEFAULT_NAME.fullmatch(parts[-2]) if len(parts) > 1 else None
+        return "DenseGeneral" if up is not None and up.group("cls") in _FLAX_ATTENTION else None
+    cls = m.group("cls")
+    if cls == "Conv":
+        k = shapes.get("kernel")
+        return f"Conv{len(k) - 2}D" if k is not None and len(k) - 2 in _LETTERS else None
+    return _FLAX_AS.get(cls) or (cls if cls in FLAX_ONLY else None)
+
+
+def flax_classes(shapes: dict[str, dict[str, Shape]]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(named, inferred)``: layer name -> class for the layers of a Flax file (``shapes``:
+    layer name, collection included, -> its variables' shapes). ``named``: what Flax's default
+    names say; ``inferred``: for other names, the first reading of the module's variables in every
+    collection together (BatchNorm's params and batch_stats), as for a Keras layer of no class."""
+    modules: dict[str, dict[str, Shape]] = {}
+    layers: dict[str, list[str]] = {}
+    for layer, local in shapes.items():
+        module = flax_split(layer + "/")[1].rstrip("/") if layer else ""
+        modules.setdefault(module, {}).update(local)
+        layers.setdefault(module, []).append(layer)
+    named: dict[str, str] = {}
+    inferred: dict[str, str] = {}
+    for module, local in modules.items():
+        cls = flax_default_class(module, local)
+        out = named
+        if cls is None and not any(v.isdigit() for v in local):  # list positions are no variable names
+            found = keras_readings(local, None, forms=FLAX)
+            cls, out = (found[0][0].classes[0] if found else None), inferred
+        if cls is not None:
+            out.update({layer: cls for layer in layers[module]})
+    return named, inferred
 
 
 def refusal(shapes: dict[str, Shape], cls: str | None, name: str = "") -> str | None:
@@ -511,15 +661,19 @@ def normalize_var(name: str) -> str:
 
 
 def keras_readings(shapes: dict[str, Shape], cls: str | None, cfg: dict | None = None,
-                   ) -> list[tuple[KerasLayer, dict[str, str], list[Unit]]]:
+                   forms: list[KerasLayer] | None = None) -> list[tuple[KerasLayer, dict[str, str], list[Unit]]]:
     """Every way a stored layer can be read: (form, {stored var -> form var}, units).
 
     ``shapes``: the layer's stored variables by name (any of Keras 3, legacy or slim names; or
-    indices ``0``, ``1``, ... as subclassed models store them). ``cls``: the Keras class if the
-    file records it (then only that class is tried).
+    indices ``0``, ``1``, ... as subclassed models store them). ``cls``: the Keras (or Flax)
+    class if the file records it (then only that class is tried); without one, every form in
+    ``forms`` (Keras' by default; ``FLAX`` for a Flax file).
     """
     cfg = cfg or {}
-    forms = FORMS_BY_CLASS.get(cls, []) if cls else KERAS
+    if cls:
+        forms = FORMS_BY_CLASS.get(cls, [])
+    elif forms is None:
+        forms = KERAS
     out = []
     names = list(shapes)
     for form in forms:
@@ -683,7 +837,7 @@ ONNX: list[KerasLayer] = [
 # every stored form of a class name: Keras' and ONNX's BatchNormalization share a name and differ in
 # their variables (gamma/moving_mean vs weight/running_mean), which ``keras_readings`` tells apart
 FORMS_BY_CLASS: dict[str, list[KerasLayer]] = {}
-for _form in KERAS + ONNX:
+for _form in KERAS + FLAX_OWN + ONNX:
     for _c in _form.classes:
         FORMS_BY_CLASS.setdefault(_c, []).append(_form)
 
@@ -782,7 +936,7 @@ def params_of(kind: str, attrs: dict) -> int:
     return sum(math.prod(s) for n, s in spec.shapes(attrs).items() if n not in spec.buffers)
 
 
-__all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "ONNX", "ONNX_INPUTS", "FORMS_BY_CLASS", "Unit", "Convert", "Fill",
-           "keras_readings", "torch_readings", "variable_names", "conv_layout", "depthwise_layout", "params_of",
-           "torch_attrs"]
+__all__ = ["TORCH", "KERAS", "KERAS_BY_CLASS", "FLAX", "flax_classes", "ONNX", "ONNX_INPUTS", "FORMS_BY_CLASS",
+           "Unit", "Convert", "Fill", "keras_readings", "torch_readings", "variable_names", "conv_layout",
+           "depthwise_layout", "params_of", "torch_attrs"]
 

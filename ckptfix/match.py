@@ -7,6 +7,7 @@ a rank-4 kernel with no class may be a Conv2D, a DepthwiseConv2D or a Conv2DTran
 decides. A reading becomes one or more torch modules (SeparableConv2D: two). Pairing, in order:
 
 1. same names: a target layer whose tensors are all in the source under its own names and shapes;
+1c. (Flax files, whose layers are in sorted name order) the same module path, if compatible;
 2. in order: each target layer takes the first compatible source layer after the last one taken
    (compatible = same torch class and groups, and the same shapes after conversion), else the
    first compatible one anywhere (parallel branches traced in another order); a source whose
@@ -167,7 +168,8 @@ def segment_unnamed(metas: dict[str, TensorMeta], tunits: list["TargetUnit"]) ->
     return out
 
 
-def readings(src: SourceLayer) -> list[Reading]:
+def readings(src: SourceLayer, forms: list[T.KerasLayer] | None = None) -> list[Reading]:
+    """``forms``: what a layer of no class may be (Keras' by default; ``T.FLAX`` for a Flax file)."""
     out = []
     if src.torch_style and src.cls is None:
         for u in T.torch_readings(src.shapes):
@@ -181,7 +183,7 @@ def readings(src: SourceLayer) -> list[Reading]:
         if not out:
             out.append(Reading(src, [T.opaque(src.shapes)], {v: v for v in src.keys}, None))
         return out
-    for form, naming, units in T.keras_readings(src.shapes, src.cls, src.cfg):
+    for form, naming, units in T.keras_readings(src.shapes, src.cls, src.cfg, forms):
         out.append(Reading(src, units, naming, form))
     if not out and src.cls is None and not any("/" in k for k in src.keys.values()):
         # torch parameters of no layer class (a ViT's cls_token and pos_embed): taken as they are
@@ -230,10 +232,13 @@ def compatible(u: T.Unit, t: TargetUnit, near: bool = False) -> bool:
 
 def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[str, str] | None = None,
           configs: dict[str, dict] | None = None, feeds: tuple[dict, dict] | None = None,
-          layer_order: list[str] | None = None) -> Matching:
+          layer_order: list[str] | None = None, forms: list[T.KerasLayer] | None = None,
+          by_module: bool = False) -> Matching:
     """``feeds``: (target layer -> the layer it reads, source layer -> the layer it reads), from the
     traced graph and the source's config: among equally good candidates, the one read from where
-    the target layer reads is taken (two BatchNorms of the same size after parallel convs)."""
+    the target layer reads is taken (two BatchNorms of the same size after parallel convs).
+    ``forms``: what a source layer of no class may be (``readings``). ``by_module``: pair a target
+    layer first with the source layer of its module path (``a.b`` <- ``a/b``), if compatible."""
     tunits = target_units(target, order)
     cut = segment_unnamed(metas, tunits)
     if cut is not None:  # unnamed arrays: read under the layer they were cut into, keys kept
@@ -270,7 +275,7 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
             continue
         if len(keys) != len(s.keys):
             s = SourceLayer(s.name, s.cls, s.cfg, keys, {v: s.shapes[v] for v in keys}, s.position)
-        pool.append((s, readings(s)))
+        pool.append((s, readings(s, forms)))
     used: set[int] = set()
     matched_t: set[int] = set()
     t_feed, s_feed = feeds or ({}, {})
@@ -290,6 +295,20 @@ def match(metas: dict[str, TensorMeta], target, order: list[str], classes: dict[
             used.add(j)
             matched_t.add(t.index)
             paired[t.module] = r.src.name
+
+    # 1c. (Flax) the same module path, other variable names and layouts: a Flax file's modules are
+    # in sorted name order, not the order they run, so its names are the better guide
+    if by_module:
+        for t in left_t:
+            j = by_name.get(t.module.replace(".", "/"))
+            if t.rnn_layer is not None or t.index in matched_t or j is None or j in used:
+                continue
+            r = next((r for r in pool[j][1] if len(r.units) == 1 and compatible(r.units[0], t)), None)
+            if r is not None:
+                pairs.append(Pair([t], r, "by name"))
+                used.add(j)
+                matched_t.add(t.index)
+                paired[t.module] = r.src.name
 
     def prefer(t: TargetUnit):
         up = paired.get(t_feed.get(t.module, ""))

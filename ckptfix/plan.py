@@ -700,23 +700,35 @@ KERAS_BN_EPS = T.KERAS_EPS["BatchNormalization"]
 
 
 def eps_warnings(p: "_Planner", target: Target, layer_configs: dict[str, dict]) -> list[str]:
-    """Keras BatchNormalization eps (1e-3 by default) vs the target's BatchNorm eps (1e-5)."""
+    """Keras BatchNormalization eps (1e-3 by default) vs the target's BatchNorm eps (1e-5); Flax's
+    norms' default eps (the file does not record it: BatchNorm 1e-5, LayerNorm/GroupNorm 1e-6)."""
     out = []
     for name, e in p.entries.items():
-        if e.source is None or p.source_class.get(e.source) != "BatchNormalization":
+        cls = p.source_class.get(e.source) if e.source is not None else None
+        if cls != "BatchNormalization" and cls not in T.FLAX_EPS:
             continue
         layer, var = L.split_key(name)
+        src_layer, src_var = L.split_key(e.source)
         tl = target.layers.get(layer)
-        if var != "running_var" or tl is None or "eps" not in tl.attrs:
+        if tl is None or "eps" not in tl.attrs:
             continue
-        if any(isinstance(op, AddScalar) for op in e.ops):
-            continue  # eps already folded by a bn_eps rule
-        src_layer = L.split_key(e.source)[0]
-        src_eps = float((layer_configs.get(src_layer) or {}).get("epsilon", KERAS_BN_EPS))
-        if abs(src_eps - tl.attrs["eps"]) > 1e-12:
-            out.append(f"{layer}: Keras BatchNormalization eps {src_eps:g}, target {tl.kind} eps {tl.attrs['eps']:g}: "
-                       f"outputs will differ slightly. Build the layer with eps={src_eps:g}, or fold the difference "
-                       f"into running_var with `- bn_eps: {{keys: '^{re.escape(name)}$', from: {src_eps:g}, to: {tl.attrs['eps']:g}}}`")
+        if cls in T.FLAX_EPS:  # only where the source is Flax's (its variable names), not a torch LayerNorm
+            if src_var != ("var" if cls == "BatchNorm" else "scale"):
+                continue
+            who, src_eps = f"Flax {cls} (default; the file does not record it)", T.FLAX_EPS[cls]
+        else:
+            if var != "running_var":
+                continue
+            who = "Keras BatchNormalization"
+            src_eps = float((layer_configs.get(src_layer) or {}).get("epsilon", KERAS_BN_EPS))
+        if any(isinstance(op, AddScalar) for op in e.ops) or abs(src_eps - tl.attrs["eps"]) <= 1e-12:
+            continue  # eps already folded by a bn_eps rule, or the same
+        msg = (f"{layer}: {who} eps {src_eps:g}, target {tl.kind} eps {tl.attrs['eps']:g}: outputs will differ "
+               f"slightly. Build the layer with eps={src_eps:g}")
+        if var == "running_var":
+            msg += (f", or fold the difference into running_var with `- bn_eps: {{keys: '^{re.escape(name)}$', "
+                    f"from: {src_eps:g}, to: {tl.attrs['eps']:g}}}`")
+        out.append(msg)
     return out
 
 

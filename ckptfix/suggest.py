@@ -11,7 +11,10 @@ YAML is rendered at the end. What is inferred from where:
 * the Flatten -> Dense reorder, from the target's traced graph (a Linear fed by a flattened map,
   and the order it flattens in) and the source's config (a Permute before Flatten); without a
   config the source is assumed to flatten NHWC (stated in the file);
-* BatchNorm eps, from the config (Keras' default 1e-3 without one, stated);
+* BatchNorm eps, from the config (Keras' default 1e-3 without one, stated; Flax's 1e-5);
+* a Flax file's collections: ``params``/``batch_stats`` prefixes stripped first (one module's
+  variables are in both), classes from Flax's default module names only (others: the target decides
+  among ``layer_table.FLAX``), ConvTranspose kernels flipped with ``reorder_blocks``;
 * channel/class differences become pad/slice rules marked ``review:``; tensors nothing takes get
   a ``drop`` marked ``review:``.
 """
@@ -48,6 +51,7 @@ class Suggestion:
 
 
 HOW = {"near": "the same layer with other sizes (see the review rules)", "in order": "in execution order",
+       "by name": "by module name",
        "by the graph": "by the graph (which layer reads which)", "in name order": "in natural name order",
        "out of order": "out of order (the checkpoint's order differs here)"}
 
@@ -111,17 +115,26 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     configs = configs or {}
     rules = _Rules()
     torch_source = not any("/" in k for k in metas) and source_format not in (
-        "keras-h5", "keras-archive", "keras-sharded", "tf-checkpoint")
+        "keras-h5", "keras-archive", "keras-sharded", "tf-checkpoint", "flax-msgpack")
     work = _prefix_rules(metas, target, rules) if torch_source else dict(metas)
+    forms, match_classes = None, classes
+    if source_format == "flax-msgpack":
+        work, forms = _flax_collections(work, rules), T.FLAX
+        match_classes = T.flax_classes(_shapes_by_layer(work))[0]  # Flax's names only: the target decides the rest
     shape_in = input_shape or keras_input_shape(keras_config)
     tr = trace(target.module, shape_in) if target.module is not None else \
         Trace(list(target.layers), False, note="the target is not a model: its layers are taken in file order")
     s_feed = keras_feeds(keras_config, lambda n: any(k.startswith(n + "/") for k in work)) if keras_config else {}
     config_order = [p for p, _, _ in walk_config(keras_config)] if keras_config else None
-    m = match(work, target, tr.order, classes, configs, feeds=(tr.feeds, s_feed),
-              layer_order=config_order or layer_order)
+    m = match(work, target, tr.order, match_classes, configs, feeds=(tr.feeds, s_feed),
+              layer_order=config_order or layer_order, forms=forms, by_module=forms is not None)
     rules.header += [f"# {n}" for n in m.notes]
-    if not m.ordered and any(p.how != "same names" and not p.by_name for p in m.pairs):
+    if forms is not None:
+        if not m.ordered and any(p.how not in ("same names", "by name") for p in m.pairs):
+            rules.header.append("# review: a Flax file keeps modules in sorted name order (jax sorts dict keys), "
+                                "not the order they run: layers the target names otherwise were paired in natural "
+                                "name order (Flax numbers Conv_0, Conv_1, ... in creation order). Check them")
+    elif not m.ordered and any(p.how != "same names" and not p.by_name for p in m.pairs):
         rules.header.append("# review: the checkpoint's layer order is lost (sorted names): layers of the same "
                             "shapes were paired in natural name order (conv2d, conv2d_1, ...). Check them, or give "
                             "the model's config with --keras-config")
@@ -143,6 +156,30 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
     return Suggestion(text, plan, unmatched, rules.problems)
 
 
+def _shapes_by_layer(metas: dict[str, TensorMeta]) -> dict[str, dict[str, tuple[int, ...]]]:
+    out: dict[str, dict[str, tuple[int, ...]]] = {}
+    for k, m in metas.items():
+        layer, var = split_key(k)
+        out.setdefault(layer, {})[var] = tuple(m.shape)
+    return out
+
+
+def _flax_collections(metas: dict[str, TensorMeta], rules: _Rules) -> dict[str, TensorMeta]:
+    """A Flax file's ``params/`` and ``batch_stats/`` prefixes stripped (a BatchNorm's scale is in
+    one, its mean in the other), unless that makes two names one."""
+    out: dict[str, TensorMeta] = {}
+    for k, m in metas.items():
+        col, rest = T.flax_split(k)
+        out[rest if col else k] = m
+    if len(out) != len(metas) or out.keys() == metas.keys():
+        return dict(metas)
+    cols = sorted({T.flax_split(k)[0] for k in metas} - {""})
+    rules.add("rename", {"pattern": f"^({'|'.join(cols)})/", "replace": ""},
+              f"Flax collections {' and '.join(cols)}: a module's variables are in "
+              f"{'both' if len(cols) > 1 else 'it'}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -151,13 +188,21 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
     renames: dict[str, str] = {}
     why: dict[str, list[str]] = {}
     splits: list[tuple[str, list[str]]] = []
-    transposes: dict[str, list[str]] = {}
+    transposes: dict[tuple[str, str], list[str]] = {}
     blocks: dict[tuple[int, ...], list[str]] = {}
     squeezes: list[str] = []
+    flips: dict[tuple[int, int], list[str]] = {}
     fills: list[tuple[str, T.Fill, str]] = []
     for p in m.pairs:
         if p.how != "same names":
-            why.setdefault(HOW.get(p.how, p.how), []).append(f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what})")
+            note = f", {p.reading.form.note}" if p.reading.form is not None and p.reading.form.note else ""
+            why.setdefault(HOW.get(p.how, p.how), []).append(
+                f"{p.targets[0].module} <- {p.reading.src.name} ({p.reading.what}{note})")
+        k = p.reading.src.shapes.get("kernel")
+        if p.reading.what == "ConvTranspose" and k is not None and k[-1] == k[-2]:
+            rules.header.append(f"# review: {p.targets[0].module}: a Flax ConvTranspose kernel {list(k)} with as many "
+                                f"inputs as outputs does not show whether transpose_kernel was set: read as "
+                                f"{p.reading.form.note}")
         for u, t in zip(p.reading.units, p.targets):
             for local, conv in u.tensors.items():
                 canon = T.rnn_rename(local, u.rnn_layer, 0)
@@ -184,6 +229,8 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
                     blocks.setdefault(conv.blocks, []).append(tkey)
                 if conv.squeeze:
                     squeezes.append(tkey)
+                for axis in conv.flip:
+                    flips.setdefault((axis, t.shapes[canon][axis]), []).append(tkey)
     for skey, into in splits:
         rules.add("split", {"key": skey, "into": into, "axis": 0, "squeeze": True},
                   f"{skey}: Keras GRU bias (2, 3U), row 0 the input bias, row 1 the recurrent bias")
@@ -195,6 +242,10 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
     for (layout, framework), keys in transposes.items():
         what = "ONNX MatMul/Gemm(transB=0) weights are (in, out)" if framework == "ONNX" else "TensorFlow layout"
         rules.add("transpose", {"keys": _anchored(keys), "layout": layout}, f"{what} {layout}: {_short(keys)}")
+    for (axis, size), keys in flips.items():
+        rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(range(size))[::-1], "axis": axis},
+                  f"Flax ConvTranspose (transpose_kernel=False) applies its kernel as stored, torch's "
+                  f"ConvTranspose flipped: reversed along axis {axis}: {_short(keys)}")
     for order, keys in blocks.items():
         rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(order)},
                   f"gate order: Keras GRU (z, r, h) -> torch (r, z, n): {_short(keys)}")
@@ -212,7 +263,7 @@ def _flatten_rules(m: Matching, metas, tr: Trace, keras_config, rules: _Rules) -
     for p in m.pairs:
         t = p.targets[0]
         f = tr.flattens.get(t.module)
-        if f is None or p.reading.form is None or p.reading.form.framework != "Keras" or t.kind != "Linear":
+        if f is None or p.reading.form is None or p.reading.form.framework == "ONNX" or t.kind != "Linear":
             continue  # (an ONNX graph flattens NCHW maps as torch does: nothing to reorder)
         in_f = t.shapes["weight"][1]
         info = src_flat.get(p.reading.src.name)
@@ -265,25 +316,25 @@ def _eps_rules(m: Matching, target: Target, configs: dict[str, dict], rules: _Ru
             continue
         for u, t in zip(p.reading.units, p.targets):
             cls = p.reading.what
-            if cls not in T.KERAS_EPS:
+            if cls not in T.NORM_EPS:
                 continue
+            # ONNX's norms record their epsilon (default 1e-5, torch's); the class names are Keras' too
+            who, default = ("ONNX", 1e-5) if p.reading.form.framework == "ONNX" else T.NORM_EPS[cls]
             cfg = p.reading.src.cfg
-            src_eps = float(cfg.get("epsilon", T.KERAS_EPS[cls]))
-            assumed = assumed or "epsilon" not in cfg
-            framework = p.reading.form.framework
+            src_eps = float(cfg.get("epsilon", default))
+            assumed = assumed or ("epsilon" not in cfg and who == "Keras")
             to = t.attrs.get("eps")
             if to is None or abs(src_eps - to) <= 1e-12:
                 continue
             if t.kind.startswith("BatchNorm") and "running_var" in t.keys:
-                groups.setdefault((src_eps, float(to)), []).append(t.keys["running_var"])
+                groups.setdefault((who, src_eps, float(to)), []).append(t.keys["running_var"])
             else:
-                rules.header.append(f"# {t.module}: {framework} {cls} eps {src_eps:g}, target eps {to:g}: "
-                                    "outputs differ "
+                rules.header.append(f"# {t.module}: {who} {cls} eps {src_eps:g}, target eps {to:g}: outputs differ "
                                     f"slightly; build it with eps={src_eps:g}")
-    for (a, b), keys in groups.items():
+    for (who, a, b), keys in groups.items():
         rules.add("bn_eps", {"keys": _anchored(keys), "from": a, "to": b},
-                  f"BatchNorm eps {a:g} ({'Keras default, assumed: no config' if assumed else 'the file'}) in a layer "
-                  f"with eps {b:g}: running_var += {a - b:g}: {_short(keys)}")
+                  f"BatchNorm eps {a:g} ({who}{' default, assumed: no config' if assumed and who == 'Keras' else ''}) "
+                  f"in a layer with eps {b:g}: running_var += {a - b:g}: {_short(keys)}")
 
 
 def _fill_rules(fills: list[tuple[str, T.Fill, str]], target: Target, rules: _Rules) -> None:

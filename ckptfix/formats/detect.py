@@ -22,15 +22,50 @@ PT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # file names PyTorch checkpoints
 TF_TABLE_MAGIC = bytes.fromhex("57fb808b247547db")  # the last 8 bytes of a TF checkpoint's .index
 SAVED_MODEL = "saved_model.pb"  # a TF SavedModel directory: this + variables/variables.index
 DCP_METADATA = ".metadata"      # a torch.distributed.checkpoint directory: this + *.distcp
+# files only an Orbax checkpoint directory holds (orbax-checkpoint 0.12: StandardCheckpointer,
+# PyTreeCheckpointer, CheckpointManager's <step>/ and <step>/<item>/ directories)
+ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "manifest.ocdbt", "_sharding")
 KNOWN = ("safetensors, PyTorch zip/pickle, TorchScript, Keras .h5/.keras, TF checkpoint or SavedModel, "
          "ONNX, Flax msgpack, torch.distributed.checkpoint, .npz/.npy")
 
 
 def directory_checkpoint(p: Path) -> bool:
     """Whether directory ``p`` is one checkpoint made of several files (an HF sharded index, a
-    SavedModel, a torch.distributed.checkpoint), as opposed to a directory of checkpoints."""
+    SavedModel, a torch.distributed.checkpoint, an Orbax checkpoint: refused as one input), as
+    opposed to a directory of checkpoints."""
     return ((p / SHARD_INDEX).is_file() or (p / SAVED_MODEL).is_file()
-            or (p / "variables" / "variables.index").is_file() or (p / DCP_METADATA).is_file())
+            or (p / "variables" / "variables.index").is_file() or (p / DCP_METADATA).is_file()
+            or _is_orbax(p))
+
+
+def _is_orbax(p: Path) -> bool:
+    return any((p / m).is_file() for m in ORBAX_MARKERS) or (p / "ocdbt.process_0").is_dir()
+
+
+def _orbax_steps(p: Path, limit: int = 1000) -> list[str]:
+    """The step directories of an Orbax CheckpointManager directory (``0/``, ``100/``, ...)."""
+    steps = []
+    try:
+        with os.scandir(p) as it:
+            for i, e in enumerate(it):
+                if i >= limit:
+                    break
+                if e.is_dir() and _is_orbax(Path(e.path)):
+                    steps.append(e.name)
+    except OSError:
+        return []
+    return sorted(steps, key=lambda n: (len(n), n))
+
+
+ORBAX_HINT = ("restore it with orbax and write the state with flax.serialization.to_bytes(state) to a .msgpack "
+              "file, which ckptfix reads")
+
+
+def _orbax_error(p: Path, steps: list[str] | None = None) -> InputError:
+    what = (f"an Orbax CheckpointManager directory (steps {', '.join(steps[:4])}{', ...' if len(steps) > 4 else ''})"
+            if steps else "an Orbax checkpoint directory")
+    return InputError(p, f"is {what}: ckptfix does not read Orbax's tensorstore (OCDBT/zarr) "
+                      "arrays", hint=ORBAX_HINT)
 
 
 def _tail(path: Path, n: int) -> bytes:
@@ -82,6 +117,8 @@ def classify(path: str | Path) -> str:
         raise InputError(p, f"cannot access: {e.strerror}") from None
 
     if stat.S_ISDIR(st.st_mode):
+        if _is_orbax(p):  # before the TF check: an old Orbax directory holds a `checkpoint` file too
+            raise _orbax_error(p)
         if (p / SHARD_INDEX).is_file():
             return "safetensors-sharded"
         if (p / "checkpoint").is_file() or any(p.glob("*.index")):
@@ -92,6 +129,9 @@ def classify(path: str | Path) -> str:
             return "dcp"
         if any(p.glob("*.weights.json")):
             return "keras-sharded"
+        steps = _orbax_steps(p)
+        if steps:
+            raise _orbax_error(p, steps)
         raise InputError(p, "is a directory with no model.safetensors.index.json, TF checkpoint or "
                          "SavedModel, torch.distributed.checkpoint .metadata or Keras sharded weights in it")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read below forever
@@ -102,6 +142,9 @@ def classify(path: str | Path) -> str:
         return "keras-sharded" if p.name.endswith(".weights.json") else "safetensors-sharded"
     if p.name == DCP_METADATA:
         return "dcp"  # a DCP directory named by its metadata file (a pickle: not pt-legacy)
+    if p.name in ORBAX_MARKERS and _is_orbax(p.parent):
+        raise InputError(p, f"is part of an Orbax checkpoint ({p.parent}): ckptfix does not read Orbax",
+                         hint=ORBAX_HINT)
     try:
         head = _head(p)
     except PermissionError:
