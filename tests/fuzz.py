@@ -57,7 +57,7 @@ for _p in (str(ROOT), str(TESTS)):
         sys.path.insert(0, _p)
 
 FORMATS = ("safetensors", "pt", "pt-legacy", "keras-h5", "keras-weights", "keras-archive",
-           "tf-bundle", "npy", "npz", "dcp", "onnx", "torchscript")
+           "tf-bundle", "npy", "npz", "dcp", "onnx", "torchscript", "flax")
 
 
 # =============================================================================================
@@ -433,6 +433,10 @@ def build_corpus() -> dict[str, list[Seed]]:
     files = {p.name: p.read_bytes() for p in sorted(ext.iterdir())}
     add("onnx", "external", files, entry=next(n for n in files if n.endswith(".onnx")), mutable=sorted(files),
         kind="raw")
+
+    # Flax msgpack: flax.serialization.to_bytes (tools/make_flax_fixtures.py), one with chunked arrays
+    for case in ("cnn", "mlp_chunked", "trainstate"):
+        add("flax", case, {"m.msgpack": (DATA / "flax" / f"{case}.msgpack").read_bytes()}, kind="raw")
 
     # .npy
     add("npy", "f32", {"a.npy": _npy_bytes(np.arange(12, dtype="f4").reshape(3, 4))}, kind="npy")
