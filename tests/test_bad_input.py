@@ -272,6 +272,12 @@ BROKEN: dict[str, tuple] = {
     "pt-legacy-cut-last-byte": (lambda st: legacy_pt()[:-1], r"truncated|unexpected (end|EOF)|corrupt"),
     "pt-entry-with-empty-name": (lambda st: pt_with_entry(""), r"corrupt"),
     "torchscript-hostile-global": (lambda st: torchscript_hostile(), r"os\.system.*can run code"),
+    # the other new formats (issue 13), cut short: each reader names the file and says truncated
+    "onnx-cut-in-graph": (lambda st: (DATA / "onnx" / "cnn_ts.onnx").read_bytes()[:1000], r"truncated or corrupt ONNX"),
+    "onnx-cut-in-initializer": (lambda st: (DATA / "onnx" / "cnn_ts.onnx").read_bytes()[:-40],
+                                r"truncated or corrupt ONNX"),
+    "flax-cut-in-array": (lambda st: (DATA / "flax" / "cnn.msgpack").read_bytes()[:1000], r"truncated"),
+    "flax-cut-last-byte": (lambda st: (DATA / "flax" / "cnn.msgpack").read_bytes()[:-1], r"truncated"),
     "raw-pickle-protocol-4": (lambda st: raw_pickle(), r"not a PyTorch checkpoint|unsupported"),
     "zip-not-a-checkpoint": (lambda st: zip_of_text(), r"zip archive"),
     # things downloads and repositories hand out instead of weights
