@@ -67,7 +67,6 @@ ckptfix does not handle (when the tensor is a model weight).
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
@@ -83,6 +82,7 @@ from ..limits import MAX_PICKLE_MEMBER, MAX_SMALL_RECORD, fmt_bytes
 from ..tensors import TensorMeta
 from . import pickles, zipmember
 from .base import Reader
+from .fileio import RangeFile
 from .fileset import FileSet
 from .torch_io import OPTIMIZER_KEY, check_zip_members
 
@@ -369,47 +369,6 @@ def _tiling_problem(shape: tuple[int, ...], chunks: tuple[Chunk, ...], budget: l
 # one item of a .distcp file, read as a file
 
 
-class _ItemFile(io.RawIOBase):
-    """``length`` bytes at ``begin`` of an open descriptor, as a read-only seekable file (for
-    zipfile): reads go through ``pread`` and never past the item."""
-
-    def __init__(self, fd: int, begin: int, length: int) -> None:
-        super().__init__()
-        self._fd, self._begin, self._len, self._pos = fd, begin, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        new = pos + (0 if whence == 0 else self._pos if whence == 1 else self._len)
-        if new < 0:
-            raise OSError(22, "seek before the start of the item")
-        self._pos = new
-        return new
-
-    def readinto(self, b) -> int:
-        n = max(0, min(len(b), self._len - self._pos))
-        if n == 0:
-            return 0
-        got = os.preadv(self._fd, [memoryview(b).cast("B")[:n]], self._begin + self._pos)
-        self._pos += got
-        return got
-
-    def read(self, n: int = -1) -> bytes:  # never allocates past the item, whatever n a zip declares
-        left = max(0, self._len - self._pos)
-        buf = bytearray(left if n is None or n < 0 else min(n, left))
-        return bytes(buf[: self.readinto(buf)])
-
-    def close(self) -> None:  # the descriptor belongs to the fileset
-        super().close()
-
-
 class _ItemSource:
     """One item, as ``zipmember`` reads a file (``file()``, ``size``); named in messages by its
     file and what it holds."""
@@ -421,8 +380,8 @@ class _ItemSource:
     def __str__(self) -> str:
         return self.label
 
-    def file(self) -> _ItemFile:
-        return _ItemFile(self.handle.fd, self.item.offset, self.item.length)
+    def file(self) -> RangeFile:
+        return RangeFile(self.handle.fd, self.item.offset, self.item.length)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import zlib
 from pathlib import Path
@@ -180,3 +181,45 @@ def sha256_path(p: Path) -> str:
         h.update(f.relative_to(p).as_posix().encode() + b"\0")
         h.update(bytes.fromhex(sha256_range(f, 0, os.path.getsize(f))))
     return h.hexdigest()
+
+
+class RangeFile(io.RawIOBase):
+    """``length`` bytes at ``begin`` of an open descriptor, as a read-only seekable file (for
+    zipfile, h5py): reads go through ``pread`` and never past the range; closing it leaves the
+    descriptor open (it belongs to the fileset). A DCP item, a stored zip member."""
+
+    def __init__(self, fd: int, begin: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._begin, self._len, self._pos = fd, begin, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        new = pos + (0 if whence == 0 else self._pos if whence == 1 else self._len)
+        if new < 0:
+            raise OSError(22, "seek before the start of the range")
+        self._pos = new
+        return new
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), self._len - self._pos))
+        if n == 0:
+            return 0
+        got = os.preadv(self._fd, [memoryview(b).cast("B")[:n]], self._begin + self._pos)
+        self._pos += got
+        return got
+
+    def read(self, n: int = -1) -> bytes:  # never allocates past the range, whatever n a zip declares
+        left = max(0, self._len - self._pos)
+        buf = bytearray(left if n is None or n < 0 else min(n, left))
+        return bytes(buf[: self.readinto(buf)])
+
+    def close(self) -> None:  # the descriptor belongs to the fileset
+        super().close()

@@ -22,7 +22,6 @@ Layouts
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -35,7 +34,7 @@ from .. import dtypes
 from ..errors import InputError
 from . import zipmember
 from .detect import HDF5_MAGIC
-from .fileio import ZIP_MEMBER_ERRORS
+from .fileio import ZIP_MEMBER_ERRORS, RangeFile
 from ..limits import MAX_DEPTH, MAX_JSON_MEMBER, depth_exceeds
 from .. import layer_table as T
 from ..tensors import TensorMeta
@@ -608,47 +607,6 @@ def _canonical_dtype(ds) -> str | None:
 
 # ------------------------------------------------------------------------------ .keras archive
 
-class _ZipWindow(io.RawIOBase):
-    """Read-only file object over the byte range of a stored (uncompressed) zip member."""
-
-    def __init__(self, src, start: int, size: int) -> None:
-        self._src = src  # a fileset.Handle: read with pread through its descriptor
-        self._start = start
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            pos = offset
-        elif whence == 1:
-            pos = self._pos + offset
-        else:
-            pos = self._size + offset
-        if pos < 0:
-            raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
-
-    def readinto(self, b) -> int:
-        n = min(len(b), max(0, self._size - self._pos))
-        if n <= 0:
-            return 0
-        data = os.pread(self._src.fd, n, self._start + self._pos)
-        b[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-
-
 def _open_member(src, zf: zipfile.ZipFile, name: str):
     """A seekable file object for one zip member: a window on a stored member's bytes (nothing
     copied), else the member decompressed into a temporary file by a bounded stream (a deflated
@@ -668,7 +626,7 @@ def _open_member(src, zf: zipfile.ZipFile, name: str):
     start = zipmember.data_start(src, info)
     if start + info.file_size > src.size:
         raise InputError(zpath, f"{name} runs past the end of the archive: truncated")
-    return _ZipWindow(src, start, info.file_size)
+    return RangeFile(src.fd, start, info.file_size)
 
 
 def hdf5_eof(head: bytes) -> int | None:

@@ -271,6 +271,16 @@ def check_built(container, path: Path, *, from_meta: bool) -> None:
 _SMALL_RECORDS = ("byteorder", "version", ".format_version", ".storage_alignment", "serialization_id")
 
 
+def check_storage_record(path, info: zipfile.ZipInfo, off: int, nbytes: int, size: int, what: str,
+                         if_compressed: str) -> None:
+    """A tensor's storage record must be stored (torch reads its bytes in place) and hold exactly
+    the storage's ``nbytes`` at ``off``, inside the archive's ``size`` bytes."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise InputError(path, f"{what} is compressed ({if_compressed})")
+    if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
+        raise InputError(path, f"{what} holds {info.file_size} bytes, expected {nbytes} (truncated or corrupt)")
+
+
 class TorchReader(Reader):
     format = "pt"
 
@@ -552,12 +562,8 @@ class TorchReader(Reader):
             info = records.get(off)
             if off is None or info is None:
                 return False
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise InputError(self.path, f"tensor {name}: storage record {info.filename} is compressed "
-                                 "(torch would read it as raw bytes: wrong values)")
-            if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
-                raise InputError(self.path, f"tensor {name}: storage record {info.filename} holds "
-                                 f"{info.file_size} bytes, expected {nbytes} (truncated or corrupt)")
+            check_storage_record(self.path, info, off, nbytes, size, f"tensor {name}: storage record {info.filename}",
+                                 "torch would read it as raw bytes: wrong values")
         self._records = records
         return True
 

@@ -64,7 +64,7 @@ from .. import dtypes
 from ..errors import InputError, UnsafePickleError
 from ..tensors import TensorMeta, fmt_shape
 from . import pickles, zipmember
-from .torch_io import MAX_PATTERN_GLOBALS, TorchReader, _torch, _zip_records, check_built
+from .torch_io import MAX_PATTERN_GLOBALS, TorchReader, _torch, _zip_records, check_built, check_storage_record
 
 MAX_MODULE_VISITS = 1 << 18  # modules a state dict walk visits (a shared submodule counts each time)
 
@@ -301,12 +301,9 @@ class TorchScriptReader(TorchReader):
             shown = pickles.printable(storage_dir + key)
             if info is None or off is None:
                 raise InputError(self.path, f"storage record {shown} is missing (truncated or corrupt archive)")
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise InputError(self.path, f"storage record {shown} is compressed (torch.jit.save stores "
-                                 "them; ckptfix reads them in place): re-packed or corrupt archive")
-            if info.file_size != nbytes or info.compress_size != nbytes or off + nbytes > size:
-                raise InputError(self.path, f"storage record {shown} holds {info.file_size} bytes, expected "
-                                 f"{nbytes} (truncated or corrupt)")
+            check_storage_record(self.path, info, off, nbytes, size, f"storage record {shown}",
+                                 "torch.jit.save stores them uncompressed and ckptfix reads them in place: "
+                                 "re-packed or corrupt archive")
             st = torch.UntypedStorage(nbytes, device="meta")
             st._checkpoint_offset = off
             storages[key] = torch.storage.TypedStorage(wrap_storage=st, dtype=dtype, _internal=True)
