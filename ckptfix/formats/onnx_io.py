@@ -53,6 +53,11 @@ InstanceNormalization, Gather of an embedding table) gives its layer's class (th
 through ``layer_table.ONNX``. A MatMul (or Gemm ``transB=0``) weight is stored (in, out): a torch
 Linear weight is its transpose, which the rules must do (a warning says so).
 
+``LSTM``/``GRU``/``RNN`` nodes (``RECURRENT_INPUTS``): their constant ``W``, ``R``, ``B`` (and LSTM's ``P``)
+are listed as ``<layer>.W`` ... (``_l<k>`` when one layer has several nodes), in ONNX's layout, with a
+warning; no layer class is given (the table has no torch form for them). An anonymous tensor no
+layer reads that holds more than ``MAX_GRAPH_CONSTANT`` elements is still left out, with a warning.
+
 Refused (left out, with a warning): string, complex and 2/4-bit or fnuz float8 tensors, which
 ckptfix has no dtype for; sparse initializers. Nothing of the graph is executed.
 """
@@ -62,6 +67,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -89,6 +95,11 @@ _FIELD_OF = {"float32": FLOAT_DATA, "float64": DOUBLE_DATA, "int64": INT64_DATA,
 EXTERNAL = 1
 MAX_RANK = 64
 MAX_STRING = 1 << 16  # a name, an attribute's string, a metadata key or value we read
+#: the inputs of ONNX's recurrent ops that are weights, by position (X, W, R, B, sequence_lens,
+#: initial_h, initial_c, P): listed under ONNX's own names, ``<layer>.W`` ...
+RECURRENT_INPUTS: dict[str, tuple[str | None, ...]] = {
+    "LSTM": (None, "W", "R", "B", None, None, None, "P"), "GRU": (None, "W", "R", "B"), "RNN": (None, "W", "R", "B")}
+MAX_GRAPH_CONSTANT = 64  # elements: an anonymous tensor no layer reads and larger than this gets a warning
 _ANONYMOUS = re.compile(r"^(onnx::.*|/.*|_?val_\d+|const(_\w+?)?__\d+|\d+)$")
 
 
@@ -516,6 +527,26 @@ class OnnxReader(Reader):
                     got[bias] = "bias"
             roles.append((node, layer_of(node), got, cfg))
 
+        # recurrent layers: their constant W, R, B (and LSTM's P) are weights, named ONNX's way
+        recurrent: list[tuple[_Node, str, dict[str, str]]] = []
+        for node in self._nodes:
+            spec = RECURRENT_INPUTS.get(node.op)
+            if spec is None or node.domain not in ("", "ai.onnx"):
+                continue
+            got = {node.inputs[i]: role for i, role in enumerate(spec)
+                   if role and i < len(node.inputs) and node.inputs[i] and const(node.inputs[i]) is not None}
+            if got:
+                recurrent.append((node, layer_of(node), got))
+        per_layer = Counter(layer for _, layer, _ in recurrent)
+        seen_in_layer: Counter = Counter()
+        recurrent_names: list[str] = []
+        for node, layer, got in recurrent:
+            k = seen_in_layer[layer]
+            seen_in_layer[layer] += 1
+            suffix = f"_l{k}" if per_layer[layer] > 1 else ""  # several nodes of one torch module (num_layers)
+            renamed = {key: f"{role}{suffix}" for key, role in got.items()}
+            roles.append((node, layer, renamed, {}))
+
         # rename anonymous layer inputs
         new_name: dict[str, str] = {}
         for node, layer, got, _ in roles:
@@ -567,6 +598,9 @@ class OnnxReader(Reader):
         conflicted: set[str] = set()
         stored_io: list[str] = []
         for node, _, got, cfg in roles:
+            if node.op in RECURRENT_INPUTS:
+                recurrent_names += [name_of[k] for k in got if k in name_of]
+                continue  # no torch layer of the table holds ONNX's recurrent layout
             named = {name_of[k]: r for k, r in got.items() if k in name_of}
             split = {n: split_key(n) for n in named}
             layers = {lay for lay, _ in split.values()}
@@ -582,6 +616,23 @@ class OnnxReader(Reader):
             self._classes[lay], self._configs[lay] = node.op, cfg
             if node.op in ("Gemm", "MatMul") and not cfg.get("transB"):
                 stored_io.append(lay)
+        if recurrent_names:
+            shown = ", ".join(recurrent_names[:4]) + (", ..." if len(recurrent_names) > 4 else "")
+            self._warnings.append(
+                f"{len(recurrent_names)} tensor(s) of ONNX LSTM/GRU/RNN nodes are listed as ONNX stores them "
+                f"({shown}): W/R are [directions, gates x hidden, in], B the input and recurrent biases in one, "
+                "gates in ONNX's order (LSTM i,o,f,c; GRU z,r,h); a torch LSTM/GRU/RNN orders and splits them "
+                "differently, which ckptfix does not convert: `suggest` leaves them to you")
+        big = [k for k in self._skipped if consts[k].dtype is not None
+               and TensorMeta(consts[k].dims, consts[k].dtype).numel > MAX_GRAPH_CONSTANT]
+        if big:
+            def used_by(k: str) -> str:
+                ops = sorted({n.op for n, _ in consumers.get(k, [])})
+                return f" (input of {'/'.join(ops)})" if ops else " (unused)"
+            self._warnings.append(
+                f"left out {len(big)} anonymous tensor(s) no layer ckptfix knows reads, as graph constants, though "
+                f"they are not small: {', '.join(f'{k} {list(consts[k].dims)}{used_by(k)}' for k in big[:4])}"
+                f"{', ...' if len(big) > 4 else ''}; if they are weights, name them in the model or convert by hand")
         stored_io = list(dict.fromkeys(x for x in stored_io if x in self._classes))
         if stored_io:
             self._warnings.append(
