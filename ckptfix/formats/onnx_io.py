@@ -58,6 +58,9 @@ are listed as ``<layer>.W`` ... (``_l<k>`` when one layer has several nodes), in
 warning; no layer class is given (the table has no torch form for them). An anonymous tensor no
 layer reads that holds more than ``MAX_GRAPH_CONSTANT`` elements is still left out, with a warning.
 
+A quantized graph (``QUANTIZED_OPS``, ``QLinear*``) has its integer weights listed as stored, beside
+their scale and zero-point tensors, with a warning: nothing is dequantized.
+
 Refused (left out, with a warning): string, complex and 2/4-bit or fnuz float8 tensors, which
 ckptfix has no dtype for; sparse initializers. Nothing of the graph is executed.
 """
@@ -99,6 +102,9 @@ MAX_STRING = 1 << 16  # a name, an attribute's string, a metadata key or value w
 #: initial_h, initial_c, P): listed under ONNX's own names, ``<layer>.W`` ...
 RECURRENT_INPUTS: dict[str, tuple[str | None, ...]] = {
     "LSTM": (None, "W", "R", "B", None, None, None, "P"), "GRU": (None, "W", "R", "B"), "RNN": (None, "W", "R", "B")}
+#: ops of a quantized graph (QDQ, QOperator and dynamic quantization; also every QLinear*)
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "ConvInteger", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
 MAX_GRAPH_CONSTANT = 64  # elements: an anonymous tensor no layer reads and larger than this gets a warning
 _ANONYMOUS = re.compile(r"^(onnx::.*|/.*|_?val_\d+|const(_\w+?)?__\d+|\d+)$")
 
@@ -581,6 +587,14 @@ class OnnxReader(Reader):
                 self._skipped.append(key)  # a graph constant: a shape, axes, a scalar
                 continue
             self.key_of[new_name.get(key, key)] = key
+        qops = Counter(n.op for n in self._nodes if n.op in QUANTIZED_OPS or n.op.startswith("QLinear"))
+        if qops:
+            ints = [k for k in self.key_of if self._tensors[self.key_of[k]].dtype in ("int8", "uint8", "int32")]
+            self._warnings.append(
+                f"the graph is quantized ({', '.join(f'{c} {op}' for op, c in qops.most_common(3))}"
+                f"{', ...' if len(qops) > 3 else ''}): its {len(ints)} integer tensor(s) are listed as stored, "
+                "with their scale and zero-point tensors, not dequantized; a float model's weight is "
+                "(q - zero_point) * scale, which ckptfix does not compute")
         if unread:
             self._warnings.append(f"left out {len(unread)} tensor(s) of a type ckptfix does not read: "
                                   f"{', '.join(unread[:4])}{', ...' if len(unread) > 4 else ''}")
