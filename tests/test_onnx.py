@@ -576,3 +576,29 @@ def test_a_float_graph_does_not_say_it_is_quantized():
     for fixture in FIXTURES:
         with open_checkpoint(DATA / fixture) as r:
             assert not any("quantized" in w for w in r.warnings()), (fixture, r.warnings())
+
+
+@pytest.mark.parametrize("alpha,beta,bias,warned", [
+    (0.5, 1.0, True, True), (1.0, 2.0, True, True), (-1.0, 1.0, False, True),
+    (1.0, 2.0, False, False),   # beta scales a bias there is none of
+    (1.0, 1.0, True, False)])
+@pytest.mark.parametrize("named", [True, False])
+def test_a_gemm_that_scales_says_its_weights_are_not_a_linears(cli, tmp_path, alpha, beta, bias, warned, named):
+    """Found by attacking: a Gemm with alpha=0.5 converted into a torch Linear silently (`suggest`:
+    "fits", no rules; the outputs half what onnxruntime gives). The reader warns, and suggest
+    prints the reader's warnings as apply does."""
+    rng = np.random.default_rng(1)
+    w_name, b_name = ("fc.weight", "fc.bias") if named else ("onnx::Gemm_1", "onnx::Gemm_2")
+    inits = [numpy_helper.from_array(rng.standard_normal((2, 3)).astype(np.float32), w_name)]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(2).astype(np.float32), b_name))
+    node = helper.make_node("Gemm", ["x", w_name] + ([b_name] if bias else []), ["y"], name="/fc/Gemm",
+                            transB=1, alpha=alpha, beta=beta)
+    p = write(tmp_path, model_bytes(inits, [node]))
+    with OnnxReader(p) as r:
+        assert set(r.metas()) == ({"fc.weight", "fc.bias"} if bias else {"fc.weight"})
+        assert any("Gemm node(s) scale" in w for w in r.warnings()) == warned, r.warnings()
+    spec = tmp_path / "fc.yaml"
+    spec.write_text(f"fc: Linear(3, 2, bias={bias})\n")
+    s = cli("suggest", p, "--target", spec)
+    assert ("Gemm node(s) scale their product or bias: fc (" in s.stderr) == warned, s.stderr

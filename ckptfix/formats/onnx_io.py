@@ -587,6 +587,14 @@ class OnnxReader(Reader):
                 self._skipped.append(key)  # a graph constant: a shape, axes, a scalar
                 continue
             self.key_of[new_name.get(key, key)] = key
+        scaled = [f"{layer or node.name or node.op} ({', '.join(f'{k}={node.attrs[k]:g}' for k in ('alpha', 'beta') if k in node.attrs and node.attrs[k] != 1.0)})"
+                  for node, layer, got, _ in roles if node.op == "Gemm" and (
+                      node.attrs.get("alpha", 1.0) != 1.0 or ("bias" in got.values() and node.attrs.get("beta", 1.0) != 1.0))]
+        if scaled:
+            self._warnings.append(
+                f"{len(scaled)} Gemm node(s) scale their product or bias: {', '.join(scaled[:4])}"
+                f"{', ...' if len(scaled) > 4 else ''}; they compute alpha * x @ W + beta * b, so their weights as "
+                "stored are not a torch Linear's (multiply the weight by alpha and the bias by beta by hand)")
         qops = Counter(n.op for n in self._nodes if n.op in QUANTIZED_OPS or n.op.startswith("QLinear"))
         if qops:
             ints = [k for k in self.key_of if self._tensors[self.key_of[k]].dtype in ("int8", "uint8", "int32")]
