@@ -602,3 +602,39 @@ def test_a_gemm_that_scales_says_its_weights_are_not_a_linears(cli, tmp_path, al
     spec.write_text(f"fc: Linear(3, 2, bias={bias})\n")
     s = cli("suggest", p, "--target", spec)
     assert ("Gemm node(s) scale their product or bias: fc (" in s.stderr) == warned, s.stderr
+
+
+def _ln(scope: str, i: int, w: str, b: str):
+    return helper.make_node("LayerNormalization", [f"x{i}", w, b], [f"x{i + 1}"], name=f"/{scope}/LayerNormalization")
+
+
+@pytest.mark.parametrize("case", ["merged", "folded", "called-twice"])
+def test_a_tensor_two_layers_read_is_listed_under_both(cli, tmp_path, case):
+    """Found by attacking with the dynamo exporter: it merges initializers of equal values (a
+    TransformerEncoderLayer's norm2 reads norm1.weight/bias), so norm2 was missing and `suggest`
+    could not fit the model. A tensor its own layer and another read is listed under both names
+    (same bytes); a scope that disagrees with the name (a folded Conv+BatchNorm in scope b1 reading
+    c1.weight) or a module called twice (/fc/, /fc_1/) adds no name."""
+    rng = np.random.default_rng(2)
+    w = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "norm1.weight")
+    b = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "norm1.bias")
+    if case == "merged":
+        nodes, want = [_ln("norm1", 0, w.name, b.name), _ln("norm2", 1, w.name, b.name)], {
+            "norm1.weight": w, "norm1.bias": b, "norm2.weight": w, "norm2.bias": b}
+    elif case == "folded":
+        nodes, want = [_ln("other", 0, w.name, b.name)], {"norm1.weight": w, "norm1.bias": b}
+    else:
+        nodes, want = [_ln("norm1", 0, w.name, b.name), _ln("norm1_1", 1, w.name, b.name)], {
+            "norm1.weight": w, "norm1.bias": b}
+    p = write(tmp_path, model_bytes([w, b], nodes))
+    with OnnxReader(p) as r:
+        assert sorted(r.metas()) == sorted(want)
+        for name, t in want.items():
+            assert same_values(r.read(name), numpy_helper.to_array(t)), name
+            assert r.extras()["original_keys"][name] == t.name
+        assert any("read by another layer too" in x for x in r.warnings()) == (case == "merged")
+    if case == "merged":
+        spec = tmp_path / "t.yaml"
+        spec.write_text("norm1: LayerNorm(4)\nnorm2: LayerNorm(4)\n")
+        s = cli("suggest", p, "--target", spec)
+        assert s.exit_code == 0 and "result fits" in s.stdout, s.stdout + s.stderr

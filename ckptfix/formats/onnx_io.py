@@ -39,7 +39,8 @@ the consuming node: its scope path (``/layer1/layer1.0/conv1/MatMul`` -> ``layer
 TorchScript exporter's unqualified module names joined back), its ``pkg.torch.onnx.name_scopes``
 metadata (dynamo), a TensorFlow scope (tf2onnx: ``model/dense/MatMul`` -> ``model.dense``), else
 its name. ``extras()["original_keys"]``
-maps every name back to the file's. Anonymous tensors that are no layer's input are graph
+maps every name back to the file's. A tensor its own layer and another read is listed under both layers' names
+(``_alias``). Anonymous tensors that are no layer's input are graph
 constants (shapes, axes, scalars): left out, listed in ``extras()["skipped"]``. Tensors are listed
 in the order the graph first uses them (execution order), unused ones last.
 
@@ -661,6 +662,39 @@ class OnnxReader(Reader):
                 f"{len(stored_io)} MatMul/Gemm(transB=0) weight(s) are stored (in, out): a torch Linear weight is "
                 f"the transpose ({', '.join(s + '.weight' for s in stored_io[:4])}"
                 f"{', ...' if len(stored_io) > 4 else ''}); `ckptfix suggest --target` writes it")
+        self._alias(roles, name_of, split_key)
+
+    def _alias(self, roles, name_of: dict[str, str], split_key) -> None:
+        """A tensor its own layer and another read (tied weights; the dynamo exporter merges
+        initializers of equal values, so ``norm2`` reads ``norm1.weight``) is listed under the other
+        layer's name as well, as ``state_dict`` lists a shared tensor under each name: only for ops that store it as
+        torch does (not MatMul / ``Gemm(transB=0)``, not recurrent ones), never over a name the
+        file has."""
+        readers: dict[str, set[str]] = {}  # tensor -> the layers reading it
+        for _node, layer, got, _cfg in roles:
+            for key in got:
+                readers.setdefault(key, set()).add(layer)
+        wanted: dict[str, set[str]] = {}
+        for node, layer, got, cfg in roles:
+            if not layer or node.op in RECURRENT_INPUTS or (node.op in ("Gemm", "MatMul") and not cfg.get("transB")):
+                continue
+            for key, role in got.items():
+                name = name_of.get(key)
+                own = split_key(name)[0] if name is not None else None
+                # only a tensor its own layer reads too (the dynamo exporter's folded Conv+BatchNorm
+                # reads c1.weight in scope b1: a scope that disagrees with the name, not a second
+                # reader); a module called twice is scoped /fc/ then /fc_1/ (TorchScript exporter)
+                if own is not None and own != layer and own in readers[key] \
+                        and not re.fullmatch(re.escape(own) + r"_\d+", layer):
+                    wanted.setdefault(f"{layer}.{role}", set()).add(key)
+        aliases = {a: next(iter(keys)) for a, keys in wanted.items()
+                   if len(keys) == 1 and a not in self.key_of and a not in self._tensors}
+        if aliases:
+            self.key_of.update(aliases)
+            shown = ", ".join(f"{a} = {name_of[k]}" for a, k in list(aliases.items())[:4])
+            self._warnings.append(f"{len(aliases)} tensor(s) read by another layer too are listed under that layer's "
+                                  f"name as well (tied weights, or equal initializers the exporter merged): {shown}"
+                                  f"{', ...' if len(aliases) > 4 else ''}")
 
     def _matmul_bias(self, node: _Node, weight: str, consumers, const) -> str | None:
         """The constant (N,) added to a MatMul's output (its only use): the torch exporter's Linear
