@@ -638,3 +638,15 @@ def test_a_tensor_two_layers_read_is_listed_under_both(cli, tmp_path, case):
         spec.write_text("norm1: LayerNorm(4)\nnorm2: LayerNorm(4)\n")
         s = cli("suggest", p, "--target", spec)
         assert s.exit_code == 0 and "result fits" in s.stdout, s.stdout + s.stderr
+
+
+def test_a_gemm_alpha_of_another_type_is_no_crash(tmp_path):
+    """A file may give alpha as ints or a string (the checker would refuse it; the reader must not
+    crash on it)."""
+    w = numpy_helper.from_array(np.ones((2, 3), np.float32), "fc.weight")
+    for attr in (helper.make_attribute("alpha", [1, 2]), helper.make_attribute("alpha", "x")):
+        node = helper.make_node("Gemm", ["x", "fc.weight"], ["y"], name="/fc/Gemm", transB=1)
+        node.attribute.append(attr)
+        with OnnxReader(write(tmp_path, model_bytes([w], [node]))) as r:
+            assert list(r.metas()) == ["fc.weight"]
+            assert any("Gemm node(s) scale" in x for x in r.warnings())

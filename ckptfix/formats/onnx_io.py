@@ -588,9 +588,14 @@ class OnnxReader(Reader):
                 self._skipped.append(key)  # a graph constant: a shape, axes, a scalar
                 continue
             self.key_of[new_name.get(key, key)] = key
-        scaled = [f"{layer or node.name or node.op} ({', '.join(f'{k}={node.attrs[k]:g}' for k in ('alpha', 'beta') if k in node.attrs and node.attrs[k] != 1.0)})"
-                  for node, layer, got, _ in roles if node.op == "Gemm" and (
-                      node.attrs.get("alpha", 1.0) != 1.0 or ("bias" in got.values() and node.attrs.get("beta", 1.0) != 1.0))]
+        def factor(node: _Node, key: str) -> str | None:  # alpha/beta when not 1 (a file may give any type)
+            v = node.attrs.get(key, 1.0)
+            return None if v == 1.0 else f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v!r}"[:40]
+
+        scaled = [f"{layer or node.name or node.op} ({', '.join(x for x in (alpha, beta) if x)})"
+                  for node, layer, got, _ in roles if node.op == "Gemm"
+                  for alpha, beta in [(factor(node, "alpha"), factor(node, "beta") if "bias" in got.values() else None)]
+                  if alpha or beta]
         if scaled:
             self._warnings.append(
                 f"{len(scaled)} Gemm node(s) scale their product or bias: {', '.join(scaled[:4])}"
