@@ -264,6 +264,9 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
                               layer_order=r.extras().get("execution_order"),
                               target_spec=_relative_to(target, Path(out).parent if out else None),
                               target_kwargs=_kwargs(target_kwargs), source=str(ckpt))
+            reader_warnings = r.warnings()  # what the file's reader says (as apply and inspect print it)
+        for w in reader_warnings:
+            _warn(w)
         if out is not None:
             with atomic_file(out) as tmp:
                 Path(tmp).write_text(sug.text)

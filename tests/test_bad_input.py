@@ -329,6 +329,29 @@ def test_a_torchscript_archive_reads(cli, tmp_path, outdir):
     assert sha(p) == before
 
 
+@pytest.mark.parametrize("scheme", ["per_tensor", "per_channel"])
+def test_a_quantized_state_dict_is_one_clear_line(cli, tmp_path, outdir, scheme):
+    """A torch.ao quantized model's state dict (``torch.save``): once "cannot load PyTorch
+    checkpoint (corrupt or unsupported): NotImplementedError: Could not run
+    'aten::_empty_affine_quantized' with arguments from the 'QuantizedMeta' backend ...";
+    now the cause, in one line, exit 2, nothing written."""
+    import warnings
+
+    w = torch.randn(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = (torch.quantize_per_tensor(w, 0.1, 0, torch.qint8) if scheme == "per_tensor" else
+             torch.quantize_per_channel(w, torch.rand(4) + 0.1, torch.zeros(4, dtype=torch.long), 0, torch.qint8))
+    p = tmp_path / "q.pt"
+    torch.save({"fc.weight": q, "fc.scale": torch.tensor(0.5)}, p)
+    for args in (("inspect", p), ("apply", p, "-o", outdir / "q.safetensors")):
+        r = cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith(f"ckptfix: error: {p}: "), r.stderr
+        assert "holds quantized tensors" in lines[0] and "QuantizedMeta" not in lines[0], lines[0]
+    assert not (outdir / "q.safetensors").exists()
+
+
 @pytest.mark.parametrize("name", list(BROKEN))
 def test_broken_file(cli, name, tmp_path, outdir, st_bytes):
     build, cause = BROKEN[name]

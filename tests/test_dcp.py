@@ -6,6 +6,7 @@ loader, ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` (offline
 and ``FileSystemReader.read_metadata`` for what the metadata lists.
 """
 
+import collections
 import hashlib
 import json
 import os
@@ -525,3 +526,43 @@ def test_errors_are_input_errors_in_the_library_too(tmp_path):
     (d / "__1_0.distcp").unlink()
     with pytest.raises(InputError, match="missing"):
         open_checkpoint(d)
+
+
+def _dcp_save(state, d: Path, **planner):
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=str(d), no_dist=True,
+                 planner=DefaultSavePlanner(**planner) if planner else None)
+    return d
+
+
+@pytest.mark.parametrize("case", ["unflattened", "tuple", "custom-list", "plain-objects"])
+def test_tensors_pickled_inside_a_non_tensor_entry_are_said_not_read(cli, tmp_path, case):
+    """Found by attacking: `dcp.save(..., planner=DefaultSavePlanner(flatten_state_dict=False))`
+    stores the whole nested state dict as one pickled bytes entry; ckptfix read 0 tensors and
+    `apply` wrote an empty file with no word. The entry is still never unpickled (only its zip
+    directory is listed); a warning names it. Bytes entries holding no tensor say nothing."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 2, generator=g)
+    state, planner, holders = {
+        "unflattened": ({"model": {"fc.weight": w}}, {"flatten_state_dict": False}, ["model"]),
+        "tuple": ({"fc.weight": w, "extra": (torch.ones(2),)}, {}, ["extra"]),
+        "custom-list": ({"fc.weight": w, "meta": {"ids": {1, 2}, "q": collections.deque([torch.zeros(1)])}}, {},
+                        ["meta.q"]),
+        "plain-objects": ({"fc.weight": w, "step": 3, "lrs": [0.1, 0.2], "name": "run"}, {}, []),
+    }[case]
+    d = _dcp_save(state, tmp_path / "ckpt", **planner)
+    with open_checkpoint(d) as r:
+        nt = r.extras()["non_tensor"]
+        warned = [x for x in r.warnings() if "hold tensors inside a pickled object" in x
+                  or "holds tensors inside a pickled object" in x]
+        assert bool(warned) == bool(holders), (nt, r.warnings())
+        for k in holders:
+            assert k in nt and repr(k) in warned[0]
+        if case != "unflattened":
+            assert torch.equal(r.read("fc.weight"), w)

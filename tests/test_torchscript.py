@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -385,3 +386,79 @@ def test_torchscript_bytes_in_memory_read_too(tmp_path):
     p.write_bytes(buf.getvalue())
     info = assert_reads_as_torch(p)
     assert info["extras"]["archive"] == "archive"
+
+
+# ---------------------------------------------------------------------------------------------
+# quantized modules (found by attacking: every torch.ao quantized archive was refused as a
+# "corrupt pickle (NotImplementedError: ... 'QuantizedMeta' backend ...)")
+
+def _quantized(kind: str) -> torch.nn.Module:
+    torch.manual_seed(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "linear-per-tensor":
+            return torch.jit.script(torch.ao.nn.quantized.Linear(4, 3))
+        if kind == "dynamic-lstm":
+            return torch.jit.script(torch.ao.nn.quantized.dynamic.LSTM(4, 5))
+        aq = torch.ao.quantization
+        float_part = torch.nn.Linear(4 * 6 * 6, 2)
+        model = torch.nn.Sequential(aq.QuantStub(), torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), aq.DeQuantStub(),
+                                    torch.nn.Flatten(), float_part).eval()
+        model[1].qconfig = aq.get_default_qconfig("fbgemm")   # per-channel weights (scales are tensors)
+        model[0].qconfig = model[1].qconfig
+        prepared = aq.prepare(model)
+        prepared(torch.randn(2, 3, 8, 8))
+        return torch.jit.script(aq.convert(prepared))
+
+
+@pytest.mark.parametrize("kind", ["linear-per-tensor", "dynamic-lstm", "conv-per-channel-then-float"])
+def test_quantized_modules_read_as_torch_jit_load(tmp_path, kind):
+    p = jit_save(_quantized(kind), tmp_path / f"{kind}.pt")
+    before = sha(p)
+    info = assert_reads_as_torch(p)   # the float layers' tensors, named and valued as torch's
+    assert ("5.weight" in info["names"]) == (kind == "conv-per-channel-then-float")
+    quantized = [n for n, why in info["extras"]["not_weights"].items() if why == "quantized"]
+    assert quantized and not set(quantized) & set(info["names"])
+    assert any("quantized tensor(s)" in w for w in info["warnings"]), info["warnings"]
+    assert sha(p) == before
+
+
+def test_a_quantized_archive_with_corrupt_bytes_fails_its_crc(cli, tmp_path):
+    p = jit_save(_quantized("linear-per-tensor"), tmp_path / "q.pt")
+    with zipfile.ZipFile(p) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    data = bytearray(p.read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start] ^= 0xFF
+    p.write_bytes(bytes(data))
+    r = cli("inspect", p)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and str(p) in lines[0], r.stderr
+    assert re.search(r"storage record data/0 fails its CRC check", lines[0]), lines[0]
+
+
+def test_a_setstate_module_that_declares_state_is_still_refused(cli, tmp_path):
+    class Custom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return x * self.w
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool]):
+            self.w = state[0]
+            self.training = state[1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(Custom())
+    p = jit_save(scripted, tmp_path / "custom.pt")
+    r = cli("inspect", p)
+    assert r.exit_code == 2 and re.search(r"restores its state with __setstate__", r.stderr), r.stderr

@@ -56,7 +56,9 @@ Names are the fqns DCP records, prefix included: a model saved as ``{"model": sd
 prefix the tensors carry, ``extras()["prefixes"]``). Not model weights, so not in ``metas()``:
 bytes entries (``extras()["non_tensor"]``: pickled objects, never unpickled) and optimizer state
 (``extras()["optimizer_state"]``: tensors under a top-level key named like an optimizer, as
-``.pt`` containers are treated, or under one that also holds ``param_groups``).
+``.pt`` containers are treated, or under one that also holds ``param_groups``). A bytes entry whose
+archive lists storage records (tensors pickled inside an object) is named in a warning; only its
+zip directory is read.
 
 Refused: a chunk file outside the directory (``../x.distcp``, an absolute path; the fileset's
 rule, ``--allow-outside-files`` to read it anyway), missing data files, items past the end of
@@ -532,6 +534,27 @@ class DcpReader(Reader):
         self._split()
         self._check_entries()
         self._open_files()
+        self._pickled = self._pickled_tensors()
+
+    def _pickled_tensors(self) -> list[str]:
+        """The non-tensor entries whose ``torch.save`` archive holds storages: tensors pickled inside
+        an object (a nested state dict saved with ``flatten_state_dict=False``, a list in a custom
+        container), which ckptfix does not unpickle. Only the zip's directory is read; an entry
+        that cannot be told is not listed (its bytes are never used)."""
+        out = []
+        for fqn, it in self.md.non_tensor.items():
+            if it is None or it.transforms:
+                continue
+            try:
+                h = self._handles.get(it.file) or self.fileset.open(self.dir / it.file)
+                if it.offset + it.length > h.size:
+                    continue
+                with zipfile.ZipFile(_ItemSource(h, it, "a non-tensor entry").file()) as zf:
+                    if any(re.search(r"(^|/)data/[^/]+$", n) for n in zf.namelist()):
+                        out.append(fqn)
+            except (InputError, *_ZIP_ERRORS):
+                continue
+        return out
 
     # -- what is a model weight
 
@@ -654,6 +677,13 @@ class DcpReader(Reader):
 
     def warnings(self) -> list[str]:
         out = []
+        if self._pickled:
+            shown = ", ".join(pickles.printable(repr(f)) for f in self._pickled[:4])
+            one = len(self._pickled) == 1
+            out.append(f"{len(self._pickled)} non-tensor entr{'y' if one else 'ies'} ({shown}"
+                       f"{', ...' if len(self._pickled) > 4 else ''}) hold{'s' if one else ''} tensors inside a pickled object (saved with "
+                       "flatten_state_dict=False, or in a container DCP does not flatten): ckptfix does not "
+                       "unpickle them, so they are not read; save the state dict flattened, or as plain tensors")
         for p, n in self.prefixes().items():
             every = "all" if n == len(self.entries) else f"{n} of"
             out.append(f"{every} {len(self.entries)} tensor names keep the state-dict key they were saved under, "

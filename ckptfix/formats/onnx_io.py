@@ -39,7 +39,8 @@ the consuming node: its scope path (``/layer1/layer1.0/conv1/MatMul`` -> ``layer
 TorchScript exporter's unqualified module names joined back), its ``pkg.torch.onnx.name_scopes``
 metadata (dynamo), a TensorFlow scope (tf2onnx: ``model/dense/MatMul`` -> ``model.dense``), else
 its name. ``extras()["original_keys"]``
-maps every name back to the file's. Anonymous tensors that are no layer's input are graph
+maps every name back to the file's. A tensor its own layer and another read is listed under both layers' names
+(``_alias``). Anonymous tensors that are no layer's input are graph
 constants (shapes, axes, scalars): left out, listed in ``extras()["skipped"]``. Tensors are listed
 in the order the graph first uses them (execution order), unused ones last.
 
@@ -53,6 +54,14 @@ InstanceNormalization, Gather of an embedding table) gives its layer's class (th
 through ``layer_table.ONNX``. A MatMul (or Gemm ``transB=0``) weight is stored (in, out): a torch
 Linear weight is its transpose, which the rules must do (a warning says so).
 
+``LSTM``/``GRU``/``RNN`` nodes (``RECURRENT_INPUTS``): their constant ``W``, ``R``, ``B`` (and LSTM's ``P``)
+are listed as ``<layer>.W`` ... (``_l<k>`` when one layer has several nodes), in ONNX's layout, with a
+warning; no layer class is given (the table has no torch form for them). An anonymous tensor no
+layer reads that holds more than ``MAX_GRAPH_CONSTANT`` elements is still left out, with a warning.
+
+A quantized graph (``QUANTIZED_OPS``, ``QLinear*``) has its integer weights listed as stored, beside
+their scale and zero-point tensors, with a warning: nothing is dequantized.
+
 Refused (left out, with a warning): string, complex and 2/4-bit or fnuz float8 tensors, which
 ckptfix has no dtype for; sparse initializers. Nothing of the graph is executed.
 """
@@ -62,6 +71,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -89,6 +99,14 @@ _FIELD_OF = {"float32": FLOAT_DATA, "float64": DOUBLE_DATA, "int64": INT64_DATA,
 EXTERNAL = 1
 MAX_RANK = 64
 MAX_STRING = 1 << 16  # a name, an attribute's string, a metadata key or value we read
+#: the inputs of ONNX's recurrent ops that are weights, by position (X, W, R, B, sequence_lens,
+#: initial_h, initial_c, P): listed under ONNX's own names, ``<layer>.W`` ...
+RECURRENT_INPUTS: dict[str, tuple[str | None, ...]] = {
+    "LSTM": (None, "W", "R", "B", None, None, None, "P"), "GRU": (None, "W", "R", "B"), "RNN": (None, "W", "R", "B")}
+#: ops of a quantized graph (QDQ, QOperator and dynamic quantization; also every QLinear*)
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger",
+                           "ConvInteger", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+MAX_GRAPH_CONSTANT = 64  # elements: an anonymous tensor no layer reads and larger than this gets a warning
 _ANONYMOUS = re.compile(r"^(onnx::.*|/.*|_?val_\d+|const(_\w+?)?__\d+|\d+)$")
 
 
@@ -516,6 +534,26 @@ class OnnxReader(Reader):
                     got[bias] = "bias"
             roles.append((node, layer_of(node), got, cfg))
 
+        # recurrent layers: their constant W, R, B (and LSTM's P) are weights, named ONNX's way
+        recurrent: list[tuple[_Node, str, dict[str, str]]] = []
+        for node in self._nodes:
+            spec = RECURRENT_INPUTS.get(node.op)
+            if spec is None or node.domain not in ("", "ai.onnx"):
+                continue
+            got = {node.inputs[i]: role for i, role in enumerate(spec)
+                   if role and i < len(node.inputs) and node.inputs[i] and const(node.inputs[i]) is not None}
+            if got:
+                recurrent.append((node, layer_of(node), got))
+        per_layer = Counter(layer for _, layer, _ in recurrent)
+        seen_in_layer: Counter = Counter()
+        recurrent_names: list[str] = []
+        for node, layer, got in recurrent:
+            k = seen_in_layer[layer]
+            seen_in_layer[layer] += 1
+            suffix = f"_l{k}" if per_layer[layer] > 1 else ""  # several nodes of one torch module (num_layers)
+            renamed = {key: f"{role}{suffix}" for key, role in got.items()}
+            roles.append((node, layer, renamed, {}))
+
         # rename anonymous layer inputs
         new_name: dict[str, str] = {}
         for node, layer, got, _ in roles:
@@ -550,6 +588,27 @@ class OnnxReader(Reader):
                 self._skipped.append(key)  # a graph constant: a shape, axes, a scalar
                 continue
             self.key_of[new_name.get(key, key)] = key
+        def factor(node: _Node, key: str) -> str | None:  # alpha/beta when not 1 (a file may give any type)
+            v = node.attrs.get(key, 1.0)
+            return None if v == 1.0 else f"{key}={v:g}" if isinstance(v, (int, float)) else f"{key}={v!r}"[:40]
+
+        scaled = [f"{layer or node.name or node.op} ({', '.join(x for x in (alpha, beta) if x)})"
+                  for node, layer, got, _ in roles if node.op == "Gemm"
+                  for alpha, beta in [(factor(node, "alpha"), factor(node, "beta") if "bias" in got.values() else None)]
+                  if alpha or beta]
+        if scaled:
+            self._warnings.append(
+                f"{len(scaled)} Gemm node(s) scale their product or bias: {', '.join(scaled[:4])}"
+                f"{', ...' if len(scaled) > 4 else ''}; they compute alpha * x @ W + beta * b, so their weights as "
+                "stored are not a torch Linear's (multiply the weight by alpha and the bias by beta by hand)")
+        qops = Counter(n.op for n in self._nodes if n.op in QUANTIZED_OPS or n.op.startswith("QLinear"))
+        if qops:
+            ints = [k for k in self.key_of if self._tensors[self.key_of[k]].dtype in ("int8", "uint8", "int32")]
+            self._warnings.append(
+                f"the graph is quantized ({', '.join(f'{c} {op}' for op, c in qops.most_common(3))}"
+                f"{', ...' if len(qops) > 3 else ''}): its {len(ints)} integer tensor(s) are listed as stored, "
+                "with their scale and zero-point tensors, not dequantized; a float model's weight is "
+                "(q - zero_point) * scale, which ckptfix does not compute")
         if unread:
             self._warnings.append(f"left out {len(unread)} tensor(s) of a type ckptfix does not read: "
                                   f"{', '.join(unread[:4])}{', ...' if len(unread) > 4 else ''}")
@@ -567,6 +626,9 @@ class OnnxReader(Reader):
         conflicted: set[str] = set()
         stored_io: list[str] = []
         for node, _, got, cfg in roles:
+            if node.op in RECURRENT_INPUTS:
+                recurrent_names += [name_of[k] for k in got if k in name_of]
+                continue  # no torch layer of the table holds ONNX's recurrent layout
             named = {name_of[k]: r for k, r in got.items() if k in name_of}
             split = {n: split_key(n) for n in named}
             layers = {lay for lay, _ in split.values()}
@@ -582,12 +644,62 @@ class OnnxReader(Reader):
             self._classes[lay], self._configs[lay] = node.op, cfg
             if node.op in ("Gemm", "MatMul") and not cfg.get("transB"):
                 stored_io.append(lay)
+        if recurrent_names:
+            shown = ", ".join(recurrent_names[:4]) + (", ..." if len(recurrent_names) > 4 else "")
+            self._warnings.append(
+                f"{len(recurrent_names)} tensor(s) of ONNX LSTM/GRU/RNN nodes are listed as ONNX stores them "
+                f"({shown}): W/R are [directions, gates x hidden, in], B the input and recurrent biases in one, "
+                "gates in ONNX's order (LSTM i,o,f,c; GRU z,r,h); a torch LSTM/GRU/RNN orders and splits them "
+                "differently, which ckptfix does not convert: `suggest` leaves them to you")
+        big = [k for k in self._skipped if consts[k].dtype is not None
+               and TensorMeta(consts[k].dims, consts[k].dtype).numel > MAX_GRAPH_CONSTANT]
+        if big:
+            def used_by(k: str) -> str:
+                ops = sorted({n.op for n, _ in consumers.get(k, [])})
+                return f" (input of {'/'.join(ops)})" if ops else " (unused)"
+            self._warnings.append(
+                f"left out {len(big)} anonymous tensor(s) no layer ckptfix knows reads, as graph constants, though "
+                f"they are not small: {', '.join(f'{k} {list(consts[k].dims)}{used_by(k)}' for k in big[:4])}"
+                f"{', ...' if len(big) > 4 else ''}; if they are weights, name them in the model or convert by hand")
         stored_io = list(dict.fromkeys(x for x in stored_io if x in self._classes))
         if stored_io:
             self._warnings.append(
                 f"{len(stored_io)} MatMul/Gemm(transB=0) weight(s) are stored (in, out): a torch Linear weight is "
                 f"the transpose ({', '.join(s + '.weight' for s in stored_io[:4])}"
                 f"{', ...' if len(stored_io) > 4 else ''}); `ckptfix suggest --target` writes it")
+        self._alias(roles, name_of, split_key)
+
+    def _alias(self, roles, name_of: dict[str, str], split_key) -> None:
+        """A tensor its own layer and another read (tied weights; the dynamo exporter merges
+        initializers of equal values, so ``norm2`` reads ``norm1.weight``) is listed under the other
+        layer's name as well, as ``state_dict`` lists a shared tensor under each name: only for ops that store it as
+        torch does (not MatMul / ``Gemm(transB=0)``, not recurrent ones), never over a name the
+        file has."""
+        readers: dict[str, set[str]] = {}  # tensor -> the layers reading it
+        for _node, layer, got, _cfg in roles:
+            for key in got:
+                readers.setdefault(key, set()).add(layer)
+        wanted: dict[str, set[str]] = {}
+        for node, layer, got, cfg in roles:
+            if not layer or node.op in RECURRENT_INPUTS or (node.op in ("Gemm", "MatMul") and not cfg.get("transB")):
+                continue
+            for key, role in got.items():
+                name = name_of.get(key)
+                own = split_key(name)[0] if name is not None else None
+                # only a tensor its own layer reads too (the dynamo exporter's folded Conv+BatchNorm
+                # reads c1.weight in scope b1: a scope that disagrees with the name, not a second
+                # reader); a module called twice is scoped /fc/ then /fc_1/ (TorchScript exporter)
+                if own is not None and own != layer and own in readers[key] \
+                        and not re.fullmatch(re.escape(own) + r"_\d+", layer):
+                    wanted.setdefault(f"{layer}.{role}", set()).add(key)
+        aliases = {a: next(iter(keys)) for a, keys in wanted.items()
+                   if len(keys) == 1 and a not in self.key_of and a not in self._tensors}
+        if aliases:
+            self.key_of.update(aliases)
+            shown = ", ".join(f"{a} = {name_of[k]}" for a, k in list(aliases.items())[:4])
+            self._warnings.append(f"{len(aliases)} tensor(s) read by another layer too are listed under that layer's "
+                                  f"name as well (tied weights, or equal initializers the exporter merged): {shown}"
+                                  f"{', ...' if len(aliases) > 4 else ''}")
 
     def _matmul_bias(self, node: _Node, weight: str, consumers, const) -> str | None:
         """The constant (N,) added to a MatMul's output (its only use): the torch exporter's Linear

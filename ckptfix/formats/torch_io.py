@@ -189,6 +189,10 @@ def _describe_load_error(path: Path, e: Exception) -> InputError:
                           f"({op.group(0) if op else 'bad pickle'})")
     if isinstance(e, EOFError):
         return InputError(path, "truncated pickle (unexpected end of file)")
+    if isinstance(e, NotImplementedError) and "Quantized" in msg and "_quantized" in msg:
+        return InputError(path, "holds quantized tensors (a torch.ao quantized model's state dict): ckptfix "
+                          "reads dense float, int and bool tensors only (a TorchScript archive of the model, "
+                          "torch.jit.save, reads with its quantized weights listed as not weights)")
     first = (msg.strip().splitlines() or [type(e).__name__])[0]
     return InputError(path, f"cannot load PyTorch checkpoint (corrupt or unsupported): "
                       f"{type(e).__name__}: {first[:200]}")
@@ -255,7 +259,8 @@ def check_built(container, path: Path, *, from_meta: bool) -> None:
                                  f"{pickles.printable(str(bad[0]))} on its {type(node).__name__}, shadowing "
                                  "what its type defines (a reader or writer would call it): hostile file")
         if isinstance(node, torch.Tensor):
-            if from_meta and node.device.type != "meta":
+            if from_meta and node.device.type != "meta" and getattr(
+                    node.untyped_storage(), "_checkpoint_offset", None) is None:  # not one of the file's storages
                 raise InputError(path, f"tensor {pickles.printable(where)} is built by the pickle "
                                  "(a tensor constructor), not stored in the file: refused")
             if node.device.type == "meta" and node.layout is torch.strided and node.numel() and (

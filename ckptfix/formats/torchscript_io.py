@@ -45,8 +45,15 @@ Refused (one-line ``InputError``): a zip that does not parse, a missing or short
 a compressed one (torch writes them stored), a pickle that is truncated or names a code-running
 global, a code file that is missing, whose declarations do not parse or that lacks the class, a
 module attribute its class does not declare (torch.jit.load fails on it too), and a module whose
-state goes through ``__setstate__`` (quantized modules, custom ``__getstate__``): its tensors
-are named by code ckptfix does not run.
+state goes through ``__setstate__`` (custom ``__getstate__``) and that declares parameters,
+buffers or submodules: its tensors are named by code ckptfix does not run.
+
+Quantized modules (``torch.ao.nn.quantized``): their weights are quantized tensors inside packed
+params (``torch.classes.quantized.*``) or a ``__getstate__`` tuple, which are not in
+``torch.jit.load(f).state_dict()`` either; they are listed as ``not_weights`` ("quantized") with a
+warning, never read. torch cannot build a quantized tensor (or its per-channel scales) on the meta
+device, so a pickle naming ``torch._utils._rebuild_qtensor`` has its storages read when it is
+unpickled (each checked against its record and CRC: no more than the file holds).
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import re
 import struct
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +72,12 @@ from .. import dtypes
 from ..errors import InputError, UnsafePickleError
 from ..tensors import TensorMeta, fmt_shape
 from . import pickles, zipmember
+from .fileio import read_range
 from .torch_io import MAX_PATTERN_GLOBALS, TorchReader, _torch, _zip_records, check_built, check_storage_record
 
-MAX_MODULE_VISITS = 1 << 18  # modules a state dict walk visits (a shared submodule counts each time)
+MAX_MODULE_VISITS = 1 << 18
+#: names of torch's quantized dtypes (torch.ao quantized modules keep their weights in them)
+QUANTIZED = ("qint8", "quint8", "qint32", "quint4x2", "quint2x4")  # modules a state dict walk visits (a shared submodule counts each time)
 
 
 def _same(data):
@@ -276,10 +287,16 @@ class TorchScriptReader(TorchReader):
 
         torch = _torch()
         safe = set(wo._get_allowed_globals()) | set(JIT_BUILDERS)
+        named = set(pickles.scan_globals(io.BytesIO(data)))
+        # a quantized tensor (torch.ao modules' packed weights) cannot be built on the meta device,
+        # nor its per-channel scales, which are tensors of the same pickle: a pickle that builds one
+        # gets its storages' bytes (each checked against its record, so no more than the file holds)
+        quantized = ("torch._utils", "_rebuild_qtensor") in named
+        self.eager = self.eager or quantized
         # the globals its opcodes name (a code-running one refuses the file), then what a GLOBAL
         # opcode could name anywhere in it (a pickle cut short parses to nothing: torch's
         # unpickler then reports where it ends, not an unknown class)
-        self._add_inert([(m, n) for m, n in pickles.scan_globals(io.BytesIO(data)) if f"{m}.{n}" not in safe])
+        self._add_inert([(m, n) for m, n in named if f"{m}.{n}" not in safe])
         patterns = [(m, n) for m, n in pickles.global_candidates(data)
                     if f"{m}.{n}" not in safe and not pickles.runs_code(f"{m}.{n}")]
         if len(patterns) <= MAX_PATTERN_GLOBALS:
@@ -304,7 +321,14 @@ class TorchScriptReader(TorchReader):
             check_storage_record(self.path, info, off, nbytes, size, f"storage record {shown}",
                                  "torch.jit.save stores them uncompressed and ckptfix reads them in place: "
                                  "re-packed or corrupt archive")
-            st = torch.UntypedStorage(nbytes, device="meta")
+            if quantized:  # read now (see above), CRC-checked as materialize would
+                buf = read_range(self._file, off, off + nbytes)
+                if zlib.crc32(buf) != info.CRC:
+                    raise InputError(self.path, f"storage record {shown} fails its CRC check (data corrupt)")
+                st = torch.frombuffer(bytearray(buf), dtype=torch.uint8).untyped_storage() if nbytes else \
+                    torch.UntypedStorage(0)
+            else:
+                st = torch.UntypedStorage(nbytes, device="meta")
             st._checkpoint_offset = off
             storages[key] = torch.storage.TypedStorage(wrap_storage=st, dtype=dtype, _internal=True)
             return storages[key]
@@ -397,9 +421,17 @@ class TorchScriptReader(TorchReader):
             decl = self._decl(obj)
             where = pickles.printable(prefix.rstrip(".") or "the top module")
             if decl.restores_state:
-                raise InputError(self.path, f"module {where} ({pickles.printable(decl.name)}) restores its "
-                                 "state with __setstate__ (quantized or custom modules): its tensors are named "
-                                 "by code ckptfix does not run")
+                if decl.parameters or decl.buffers or any(
+                        "__torch__." in t.replace("__torch__.torch.classes.", "") for _n, t in decl.attributes):
+                    raise InputError(self.path, f"module {where} ({pickles.printable(decl.name)}) restores its "
+                                     "state with __setstate__ (custom modules): its tensors are named by code "
+                                     "ckptfix does not run")
+                # it declares no parameter, buffer or submodule (a torch.ao quantized layer): nothing
+                # of its in the state dict; the tensors of the state its __getstate__ gave are listed
+                for path, node, _d in pickles.walk(obj.state):
+                    if isinstance(node, torch.Tensor):
+                        plain.setdefault(prefix + "__getstate__" + ("" if path == "<root>" else _tidy(path)), node)
+                continue
             attrs = obj.state
             if not isinstance(attrs, dict):
                 raise InputError(self.path, f"module {where}: data.pkl holds no attribute dict for it (corrupt)")
@@ -448,7 +480,8 @@ class TorchScriptReader(TorchReader):
                          if isinstance(node, pickles.Inert) and not node.global_name.startswith("__torch__")})
         if others:
             out["inert_globals"] = others
-        not_weights = {**{n: "tensor attribute" for n in self._plain}, **{n: "constant" for n in self._constants}}
+        not_weights = {**{n: "quantized" if self._plain[n].is_quantized else "tensor attribute" for n in self._plain},
+                       **{n: "constant" for n in self._constants}}
         if not_weights:
             out["not_weights"] = not_weights
         return out
@@ -458,6 +491,12 @@ class TorchScriptReader(TorchReader):
         if not self.state and self._constants:
             out.append(f"no parameters or buffers: the module looks frozen (torch.jit.freeze), its weights "
                        f"are {len(self._constants)} constants of its code (constants.pkl), not a state dict")
+        quantized = [n for n, t in self._plain.items() if t.is_quantized]
+        if quantized:
+            out.append(f"{len(quantized)} quantized tensor(s) (a torch.ao quantized module's packed weights: "
+                       f"{', '.join(map(pickles.printable, quantized[:3]))}{', ...' if len(quantized) > 3 else ''}) "
+                       "are not in the state dict, as in torch.jit.load(...).state_dict(); ckptfix does not read "
+                       "quantized tensors")
         if self._plain:
             names = list(self._plain)
             shown = ", ".join(map(pickles.printable, names[:6]))
