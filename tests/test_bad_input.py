@@ -337,11 +337,12 @@ def test_a_quantized_state_dict_is_one_clear_line(cli, tmp_path, outdir, scheme)
     now the cause, in one line, exit 2, nothing written."""
     import warnings
 
-    w = torch.randn(4, 3)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 3, generator=g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q = (torch.quantize_per_tensor(w, 0.1, 0, torch.qint8) if scheme == "per_tensor" else
-             torch.quantize_per_channel(w, torch.rand(4) + 0.1, torch.zeros(4, dtype=torch.long), 0, torch.qint8))
+             torch.quantize_per_channel(w, torch.rand(4, generator=g) + 0.1, torch.zeros(4, dtype=torch.long), 0, torch.qint8))
     p = tmp_path / "q.pt"
     torch.save({"fc.weight": q, "fc.scale": torch.tensor(0.5)}, p)
     for args in (("inspect", p), ("apply", p, "-o", outdir / "q.safetensors")):

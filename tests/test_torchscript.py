@@ -407,7 +407,7 @@ def _quantized(kind: str) -> torch.nn.Module:
         model[1].qconfig = aq.get_default_qconfig("fbgemm")   # per-channel weights (scales are tensors)
         model[0].qconfig = model[1].qconfig
         prepared = aq.prepare(model)
-        prepared(torch.randn(2, 3, 8, 8))
+        prepared(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)))  # calibration
         return torch.jit.script(aq.convert(prepared))
 
 
