@@ -643,3 +643,91 @@ print(n)
 def test_report_max_diff():
     """Not a check: the largest |torch - jax| / max(1, |jax|) seen by the tests above (printed with -s)."""
     print({k: f"{v:.2e}" for k, v in sorted(MAX_DIFF.items())})
+
+
+# ---------------------------------------------------------------------------------------------
+# budgets: a small file may not make gigabytes of Python objects or names (found by attack2)
+
+
+def _many_leaves(rnd: random.Random, n: int) -> dict:
+    """A tree of ``n`` tiny leaves (nils, ints, bools, empty strings), in maps and lists of random widths."""
+    tiny = [None, 0, 1, True, False, -1, ""]
+    leaves = [rnd.choice(tiny) for _ in range(n)]
+    tree, i = {}, 0
+    while i < n:
+        w = rnd.randint(1, 500)
+        part = leaves[i:i + w]
+        tree[f"m{i}"] = part if rnd.random() < 0.5 else {f"{j:x}": v for j, v in enumerate(part)}
+        i += w
+    return tree
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_tree_of_too_many_leaves_is_refused(cli, tmp_path, monkeypatch, seed):
+    from ckptfix.formats import flax_io
+
+    rnd = random.Random(seed)
+    monkeypatch.setattr(flax_io, "MAX_TREE_ENTRIES", 2000)
+    path = tmp_path / "many.msgpack"
+    for n, ok in ((2000 - 1, True), (rnd.randint(2001, 5000), False)):
+        data = enc({"w": F4, **_many_leaves(rnd, n)}, seed)
+        path.write_bytes(data)
+        r = cli("inspect", path)
+        if ok:
+            assert r.exit_code == 0, r.stderr
+            continue
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and str(path) in lines[0], lines
+        assert "more than 2,000 entries" in lines[0]
+        assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_short_keys_under_a_long_one_are_refused_before_the_names_are_made(tmp_path, seed):
+    """A 32,000-character key above ~8,400 nils is a 100 KB file whose names would be 268 MB (at 1.4 MB, 13 GB):
+    refused while parsing, at the real budget."""
+    from ckptfix.formats import flax_io
+    from ckptfix.limits import MAX_TREE_NAME_CHARS
+
+    rnd = random.Random(seed)
+    long = "".join(rnd.choice("abcdé/") for _ in range(rnd.randint(30_000, 32_000)))  # (<= 64 KB of UTF-8)
+    n = MAX_TREE_NAME_CHARS // (len(long) + 2) + 50
+    nest = {f"{i:x}": rnd.choice([None, 0, True]) for i in range(n)}
+    for _ in range(rnd.randint(0, 3)):  # under a few more short levels, or as a list
+        nest = {"x": nest} if rnd.random() < 0.5 else [nest]
+    path = tmp_path / "long.msgpack"
+    path.write_bytes(enc({"w": F4, long.replace("/", "_"): nest}, seed))
+    assert path.stat().st_size < 400_000
+    with pytest.raises(InputError, match="names add up to more than") as e:
+        open_checkpoint(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    # the same keys under a short key read (and are listed as not weights)
+    path.write_bytes(enc({"w": F4, "short": nest}, seed))
+    with open_checkpoint(path) as r:
+        assert list(r.metas()) == ["w"] and len(r.extras()["not_weights"]) == n
+    assert flax_io.MAX_TREE_NAME_CHARS == MAX_TREE_NAME_CHARS
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_empty_shape_no_array_can_have_is_refused(cli, tmp_path, seed):
+    """(0, 2**64 - 1): Flax's msgpack_restore raises, and a safetensors file of it cannot be read
+    back (found by attack2: it was written). Plain and chunked; every dtype width."""
+    rnd = random.Random(seed)
+    dtype = rnd.choice(sorted(ITEMSIZE))
+    big = [rnd.choice([2**62 // ITEMSIZE[dtype], 2**63, 2**64 - 1, 2**40])]
+    shape = [0, *big] + ([2**40] if big[0] == 2**40 else [])
+    rnd.shuffle(shape)
+    arr = Arr(shape, dtype, b"")
+    value = arr if seed % 2 else {"__msgpack_chunked_array__": True,
+                                  "shape": {str(i): d for i, d in enumerate(shape)},
+                                  "chunks": {"0": Arr((0,), dtype, b"")}}
+    path = tmp_path / "big.msgpack"
+    path.write_bytes(enc({"params": {"w": F4, "e": value}}, seed))
+    r = cli("inspect", path)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and str(path) in lines[0], (r.stdout, lines)
+    assert "too large for any array" in lines[0]
+    # an empty array of a reasonable shape still reads
+    path.write_bytes(enc({"params": {"w": F4, "e": Arr([0, 2**20], dtype, b"")}}, seed))
+    with open_checkpoint(path) as rd:
+        assert rd.metas()["params/e"].shape == (0, 2**20)
