@@ -574,6 +574,8 @@ FLAX_ONLY = frozenset({"DenseGeneral", "Einsum", "RMSNorm", "InstanceNorm", "Spe
                        "SimpleCell", "ConvLSTMCell", "MultiHeadDotProductAttention", "MultiHeadAttention",
                        "SelfAttention"})
 _FLAX_ATTENTION = frozenset({"MultiHeadDotProductAttention", "MultiHeadAttention", "SelfAttention"})
+# the submodules flax.linen's attention modules always name so, whatever the attention module is called
+_FLAX_ATTENTION_PARTS = frozenset({"query", "key", "value", "out"})
 
 
 def flax_split(name: str) -> tuple[str, str]:
@@ -612,8 +614,17 @@ def flax_classes(shapes: dict[str, dict[str, Shape]]) -> tuple[dict[str, str], d
         layers.setdefault(module, []).append(layer)
     named: dict[str, str] = {}
     inferred: dict[str, str] = {}
+    children: dict[str, set[str]] = {}
+    for module in modules:
+        parent, _, last = module.rpartition("/")
+        children.setdefault(parent, set()).add(last)
     for module, local in modules.items():
         cls = flax_default_class(module, local)
+        parent, _, last = module.rpartition("/")
+        k = local.get("kernel")
+        if (cls is None and last in _FLAX_ATTENTION_PARTS and children[parent] >= _FLAX_ATTENTION_PARTS
+                and k is not None and len(k) >= 3):
+            cls = "DenseGeneral"  # a custom-named attention's heads (its out kernel (H, hd, D) reads as a Conv1D)
         out = named
         if cls is None and not any(v.isdigit() for v in local):  # list positions are no variable names
             found = keras_readings(local, None, forms=FLAX)

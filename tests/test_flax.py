@@ -731,3 +731,31 @@ def test_an_empty_shape_no_array_can_have_is_refused(cli, tmp_path, seed):
     path.write_bytes(enc({"params": {"w": F4, "e": Arr([0, 2**20], dtype, b"")}}, seed))
     with open_checkpoint(path) as rd:
         assert rd.metas()["params/e"].shape == (0, 2**20)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_custom_named_attention_is_dense_general_not_a_conv1d(seed):
+    """nn.MultiHeadDotProductAttention(name=...) always names its parts query/key/value/out; its out
+    kernel (H, hd, D) with bias (D,) also reads as a Conv1D, which the preset transposed WIO->OIW into
+    a weight no torch layer holds (found by attack2). Random heads, sizes, names and nesting; the
+    same names on 2-D kernels (a BERT-style attention of nn.Dense) stay Dense."""
+    rnd = random.Random(seed)
+    h, hd, d = rnd.randint(1, 4), rnd.randint(1, 8), rnd.randint(2, 16)
+    where = "/".join(rnd.choice(["attn", "self_attention", "Block_0", "layers_3", "mha"])
+                     for _ in range(rnd.randint(1, 3)))
+    heads = {"query": (d, h, hd), "key": (d, h, hd), "value": (d, h, hd)}
+    layers = {f"params/{where}/{p}": {"kernel": k, "bias": k[1:]} for p, k in heads.items()}
+    layers[f"params/{where}/out"] = {"kernel": (h, hd, d), "bias": (d,)}
+    layers[f"params/{where}/ln"] = {"scale": (d,), "bias": (d,)}
+    named, inferred = T.flax_classes(dict(rnd.sample(list(layers.items()), len(layers))))
+    for p in ("query", "key", "value", "out"):
+        assert named.get(f"params/{where}/{p}") == "DenseGeneral", (p, named, inferred)
+    assert inferred.get(f"params/{where}/ln") == "LayerNorm"
+    metas = {f"{layer}/{v}": TensorMeta(s) for layer, vs in layers.items() for v, s in vs.items()}
+    plan = make_plan(metas, compose_rules(["flax-to-torch"]).rules, classes={**named, **inferred})
+    dot = where.replace("/", ".")
+    assert plan.entries[f"{dot}.out.kernel"].meta.shape == (h, hd, d)  # left as stored, for the user
+    # nn.Dense parts of the same names: Dense, transposed
+    dense = {f"params/{where}/{p}": {"kernel": (d, d), "bias": (d,)} for p in ("query", "key", "value", "out")}
+    named, inferred = T.flax_classes(dense)
+    assert set({**named, **inferred}.values()) == {"Dense"}
