@@ -759,3 +759,61 @@ def test_a_custom_named_attention_is_dense_general_not_a_conv1d(seed):
     dense = {f"params/{where}/{p}": {"kernel": (d, d), "bias": (d,)} for p in ("query", "key", "value", "out")}
     named, inferred = T.flax_classes(dense)
     assert set({**named, **inferred}.values()) == {"Dense"}
+
+
+class _Sandwich(torch.nn.Module):
+    """conv -> segments -> flatten -> Linear; a segment is a channels-last op between permutes
+    (``permute(0, 2, 3, 1)``, a LayerNorm / RMSNorm / activation, ``permute(0, 3, 1, 2)``), an
+    activation, or (last) a bare permute to channels last."""
+
+    def __init__(self, segments, c=3, hw=(4, 5)):
+        super().__init__()
+        self.segments = segments
+        self.conv = torch.nn.Conv2d(2, c, 3, padding=1)
+        self.mods = torch.nn.ModuleList()
+        for s in segments:
+            self.mods.append({"ln": torch.nn.LayerNorm(c, eps=1e-6), "rms": torch.nn.RMSNorm(c),
+                              "gelu": torch.nn.GELU(), "relu": torch.nn.ReLU()}.get(s.split(":")[-1],
+                                                                                   torch.nn.Identity()))
+        self.head = torch.nn.Linear(c * hw[0] * hw[1], 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        for s, m in zip(self.segments, self.mods):
+            if s.startswith("nhwc:"):
+                x = x.permute(0, 2, 3, 1)
+                x = torch.nn.functional.gelu(x) if s == "nhwc:F.gelu" else m(x)
+                x = x.permute(0, 3, 1, 2)
+            elif s == "last":
+                x = x.permute(0, 2, 3, 1)
+            else:
+                x = m(x)
+        return self.head(x.flatten(1))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_flatten_after_a_channels_last_layernorm_is_chw(seed):
+    """A Flax twin normalizes NHWC between two permutes, then flattens NCHW: the flatten order is
+    CHW (found by attack2: the walk stopped at the LayerNorm and composed one permute only, WCH,
+    and suggest wrote a flatten_order that converted the Dense head wrongly, outputs off by 7.8).
+    Random segments; the order checked against where each element of a probe map lands."""
+    from ckptfix.trace import trace
+
+    rnd = random.Random(seed)
+    kinds = ["nhwc:ln", "nhwc:rms", "nhwc:gelu", "nhwc:F.gelu", "nhwc:relu", "relu"]
+    segments = [rnd.choice(kinds) for _ in range(rnd.randint(1, 3))] + (["last"] if rnd.random() < 0.4 else [])
+    c, hw = rnd.randint(2, 4), (rnd.randint(2, 5), rnd.randint(2, 5))
+    with torch.device("meta"):  # (as suggest builds a target)
+        model = _Sandwich(segments, c, hw)
+    # the truth: flatten a probe map whose value says its (c, h, w) through the same permutes
+    probe = torch.arange(c * hw[0] * hw[1]).reshape(1, c, *hw)
+    x = probe
+    for s in segments:
+        x = x.permute(0, 2, 3, 1) if s == "last" else x
+    chw = x.flatten(1)[0].tolist() == list(range(c * hw[0] * hw[1]))
+    for shape in (None, (1, 2, *hw)):
+        f = trace(model, shape).flattens["head"]
+        assert f.order == ("CHW" if chw else "HWC"), (segments, f)
+        assert f.channels == c and f.spatial_rank == 2
+        if shape is not None:
+            assert f.map_shape == (c, *hw), (segments, f)
