@@ -595,8 +595,12 @@ def flax_default_class(module: str, shapes: dict[str, Shape]) -> str | None:
         up = _FLAX_DEFAULT_NAME.fullmatch(parts[-2]) if len(parts) > 1 else None
         return "DenseGeneral" if up is not None and up.group("cls") in _FLAX_ATTENTION else None
     cls = m.group("cls")
+    k, b = shapes.get("kernel"), shapes.get("bias")
+    if cls in ("Conv", "Dense", "ConvTranspose") and k is not None and b is not None and len(b) != 1:
+        return None  # stacked by nn.scan / nn.vmap (bias (L, O)): not one layer (``flax_stacked``)
+    if cls == "Dense" and k is not None and len(k) != 2:
+        return None
     if cls == "Conv":
-        k = shapes.get("kernel")
         return f"Conv{len(k) - 2}D" if k is not None and len(k) - 2 in _LETTERS else None
     return _FLAX_AS.get(cls) or (cls if cls in FLAX_ONLY else None)
 

@@ -817,3 +817,40 @@ def test_a_flatten_after_a_channels_last_layernorm_is_chw(seed):
         assert f.channels == c and f.spatial_rank == 2
         if shape is not None:
             assert f.map_shape == (c, *hw), (segments, f)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_layers_stacked_by_scan_or_vmap_are_no_layer_and_are_warned(cli, tmp_path, seed):
+    """nn.scan / nn.vmap stack a module's variables along a leading axis (``Dense_0/kernel`` (L, I, O),
+    ``bias`` (L, O)); a default name said Dense (the preset then failed on a rank-3 kernel) or Conv3D
+    for a stacked Conv2D (transposed DHWIO->OIDHW into a wrong weight; found by attack2). Now: no
+    class, left as stored, a warning saying why. Random L, sizes, Dense or Conv, default or custom names."""
+    rnd = random.Random(seed)
+    n, i, o = rnd.randint(2, 4), rnd.randint(1, 5), rnd.randint(1, 5)
+    conv = rnd.random() < 0.5
+    kernel = (n, 3, 3, i, o) if conv else (n, i, o)
+    name = rnd.choice(["Conv_0" if conv else "Dense_0", "ScanBlock_0/Dense_1", "layers", "ens"])
+    arr = lambda shape: Arr(shape, "float32", bytes(range(4)) * math.prod(shape))  # noqa: E731
+    path = tmp_path / "scan.msgpack"
+    data = enc({"params": {**_nest(name, {"kernel": arr(kernel), "bias": arr((n, o))}),
+                           "Dense_9": {"kernel": arr((o, 2)), "bias": arr((2,))}}}, seed)
+    path.write_bytes(data)
+    with open_checkpoint(path) as r:
+        classes = r.layer_classes()
+        assert f"params/{name}" not in classes, classes
+        assert classes["params/Dense_9"] == "Dense"
+        (w,) = [w for w in r.warnings() if "stacked by nn.scan/nn.vmap" in w]
+        assert f"params/{name}/kernel {list(kernel)}" in w
+        plan = make_plan(r.metas(), compose_rules(["flax-to-torch"]).rules, classes=classes)
+    dot = name.replace("/", ".")
+    assert plan.entries[f"{dot}.kernel"].meta.shape == kernel and plan.entries["Dense_9.weight"].meta.shape == (2, o)
+    out = tmp_path / "out.safetensors"
+    res = cli("apply", path, "-r", "flax-to-torch", "-o", out)
+    assert res.exit_code == 0 and "stacked by nn.scan/nn.vmap" in res.stderr, res.stderr
+    assert path.read_bytes() == data
+
+
+def _nest(name: str, leaf: dict) -> dict:
+    for part in reversed(name.split("/")):
+        leaf = {part: leaf}
+    return leaf

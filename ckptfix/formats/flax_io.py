@@ -487,6 +487,13 @@ class FlaxReader(Reader):
             out.append(f"{len(orbax)} value(s) are Orbax placeholders (PLACEHOLDER://...): their arrays are stored "
                        "by Orbax beside this file, which ckptfix does not read; save the restored state with "
                        "flax.serialization.to_bytes")
+        stacked = [n[:-len("/kernel")] for n, m in self._metas.items() if n.endswith("/kernel") and len(m.shape) >= 3
+                   and (b := self._metas.get(n[:-len("kernel")] + "bias")) is not None and len(b.shape) >= 2
+                   and b.shape[0] == m.shape[0]]
+        if stacked:
+            out.append(f"{len(stacked)} module(s) hold variables stacked by nn.scan/nn.vmap (a leading axis of layers: "
+                       f"{stacked[0]}/kernel {list(self._metas[stacked[0] + '/kernel'].shape)}): no layer class, "
+                       "left as stored; unstack them by hand (one torch layer per index)")
         odd = sorted({r for r in self._why.values() if r.endswith("does not have)")})
         if odd:
             out.append(f"arrays left out: {', '.join(odd)}")
