@@ -574,6 +574,8 @@ FLAX_ONLY = frozenset({"DenseGeneral", "Einsum", "RMSNorm", "InstanceNorm", "Spe
                        "SimpleCell", "ConvLSTMCell", "MultiHeadDotProductAttention", "MultiHeadAttention",
                        "SelfAttention"})
 _FLAX_ATTENTION = frozenset({"MultiHeadDotProductAttention", "MultiHeadAttention", "SelfAttention"})
+# the submodules flax.linen's attention modules always name so, whatever the attention module is called
+_FLAX_ATTENTION_PARTS = frozenset({"query", "key", "value", "out"})
 
 
 def flax_split(name: str) -> tuple[str, str]:
@@ -593,8 +595,12 @@ def flax_default_class(module: str, shapes: dict[str, Shape]) -> str | None:
         up = _FLAX_DEFAULT_NAME.fullmatch(parts[-2]) if len(parts) > 1 else None
         return "DenseGeneral" if up is not None and up.group("cls") in _FLAX_ATTENTION else None
     cls = m.group("cls")
+    k, b = shapes.get("kernel"), shapes.get("bias")
+    if cls in ("Conv", "Dense", "ConvTranspose") and k is not None and b is not None and len(b) != 1:
+        return None  # stacked by nn.scan / nn.vmap (bias (L, O)): not one layer (``flax_stacked``)
+    if cls == "Dense" and k is not None and len(k) != 2:
+        return None
     if cls == "Conv":
-        k = shapes.get("kernel")
         return f"Conv{len(k) - 2}D" if k is not None and len(k) - 2 in _LETTERS else None
     return _FLAX_AS.get(cls) or (cls if cls in FLAX_ONLY else None)
 
@@ -612,8 +618,17 @@ def flax_classes(shapes: dict[str, dict[str, Shape]]) -> tuple[dict[str, str], d
         layers.setdefault(module, []).append(layer)
     named: dict[str, str] = {}
     inferred: dict[str, str] = {}
+    children: dict[str, set[str]] = {}
+    for module in modules:
+        parent, _, last = module.rpartition("/")
+        children.setdefault(parent, set()).add(last)
     for module, local in modules.items():
         cls = flax_default_class(module, local)
+        parent, _, last = module.rpartition("/")
+        k = local.get("kernel")
+        if (cls is None and last in _FLAX_ATTENTION_PARTS and children[parent] >= _FLAX_ATTENTION_PARTS
+                and k is not None and len(k) >= 3):
+            cls = "DenseGeneral"  # a custom-named attention's heads (its out kernel (H, hd, D) reads as a Conv1D)
         out = named
         if cls is None and not any(v.isdigit() for v in local):  # list positions are no variable names
             found = keras_readings(local, None, forms=FLAX)

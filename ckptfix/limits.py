@@ -29,6 +29,11 @@ MAX_GRAPH_DEPTH = 64
 # ... and the node inputs/outputs an ONNX graph may name, each a Python string the reader keeps (a
 # large language model's graph names well under a million; a crafted 2 GB file could name 10^9)
 MAX_GRAPH_NAMES = 5_000_000
+# ... and the leaves of a Flax msgpack tree (formats/flax_io.py), each a Python object with a name: a
+# TrainState of a large model holds thousands (a million cost ~320 MB here); 1.4 MB of short keys
+# under one 64 KB key 13 GB of names
+MAX_TREE_ENTRIES = 1_000_000
+MAX_TREE_NAME_CHARS = 256 << 20
 
 # -- planned tensors (plan.py) ---------------------------------------------------------------------
 MAX_TENSOR_BYTES = 1 << 40     # 1 TiB: no tensor a rule makes may be larger, whatever the machine

@@ -18,6 +18,12 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 INPUT = "<input>"  # what the first layers read (in ``Trace.feeds``)
 _PASS_METHODS = {"contiguous", "float", "clone", "detach", "to"}
 _PASS_FUNCS = {"dropout", "contiguous", "identity"}
+# shape-preserving ops a flattened map may pass through after a permute (a channels-last LayerNorm
+# between permute(0, 2, 3, 1) and permute(0, 3, 1, 2), as ConvNeXt and Flax twins do): the walk
+# goes on through them, so the permutes before them are composed too (stopping there took the
+# LayerNorm's NHWC output for NCHW)
+_ELEMENTWISE_FUNCS = {"relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "leaky_relu", "elu", "hardswish",
+                      "layer_norm", "rms_norm"}
 
 
 @dataclass
@@ -190,6 +196,9 @@ def _flatten_before(linear: str, node, modules: dict) -> Flatten | None:
         elif (mod is not None and isinstance(mod, (torch.nn.Dropout, torch.nn.Identity))) or \
                 _is(node, "call_method", _PASS_METHODS) or _is(node, "call_function", _PASS_FUNCS):
             pass
+        elif flattened and perm is not None and (_elementwise(mod) or _is(node, "call_function", _ELEMENTWISE_FUNCS)
+                                                 or _is(node, "call_method", _ELEMENTWISE_FUNCS)):
+            pass
         else:
             break
         if not node.args:
@@ -217,6 +226,19 @@ def _flatten_before(linear: str, node, modules: dict) -> Flatten | None:
         if axes[0] != "N":
             return None
     return Flatten(linear, producer, channels, rank, "".join(axes[1:]), shape)
+
+
+def _elementwise(mod) -> bool:
+    """A module whose output has its input's shape and axes: a LayerNorm/RMSNorm (over the last
+    axes) or an activation."""
+    import torch
+
+    if mod is None:
+        return False
+    if isinstance(mod, (torch.nn.LayerNorm, getattr(torch.nn, "RMSNorm", torch.nn.LayerNorm))):
+        return True
+    return type(mod).__module__ == "torch.nn.modules.activation" and not isinstance(
+        mod, (torch.nn.MultiheadAttention, torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.Softmin, torch.nn.GLU))
 
 
 def _map_facts(node, modules: dict) -> tuple[int | None, int | None, str | None]:

@@ -38,9 +38,12 @@ ckptfix has no name for (complex128, int4, strings, ...).
 Refused, as one-line ``InputError`` naming the file (every length is checked against the file's
 size before it is used, so a lying header costs nothing): truncation, a length past the end,
 bytes after the value, the unused byte 0xc1, map keys that are not UTF-8 strings, a key twice in a
-map, two entries of the same name, nesting over ``limits.MAX_DEPTH``, an ndarray payload that is
-not ``[shape, dtype, buffer]`` filling its ext exactly, a negative dimension, rank over 64, a
-buffer whose size is not shape x itemsize, malformed chunked arrays. The bytes are taken as
+map, two entries of the same name, nesting over ``limits.MAX_DEPTH``, more than
+``limits.MAX_TREE_ENTRIES`` leaves or ``MAX_TREE_NAME_CHARS`` characters of names (a small file of
+nils, or of short keys under one 64 KB key, would make gigabytes of names), an ndarray payload
+that is not ``[shape, dtype, buffer]`` filling its ext exactly, a negative dimension, an empty
+shape no array can have (``(0, 2**64 - 1)``), rank over 64, a buffer whose size is not shape x
+itemsize, malformed chunked arrays. The bytes are taken as
 little-endian, as every machine Flax runs on writes them (the dtype name does not record it).
 Orbax checkpoint directories are refused by ``detect`` (they are not msgpack).
 """
@@ -55,7 +58,7 @@ from typing import Any
 from .. import dtypes
 from .. import layer_table as T
 from ..errors import InputError
-from ..limits import MAX_DEPTH
+from ..limits import MAX_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_NAME_CHARS
 from ..tensors import TensorMeta
 from .base import Reader
 from .fileio import read_range
@@ -73,7 +76,7 @@ class _Corrupt(Exception):
     pass
 
 
-@dataclass
+@dataclass(slots=True)
 class _Array:
     """An ndarray leaf: where its buffer is (``pieces``: one per chunk)."""
 
@@ -83,7 +86,7 @@ class _Array:
     ext: int = EXT_NDARRAY
 
 
-@dataclass
+@dataclass(slots=True)
 class _Leaf:
     """Anything else: its kind (``int``, ``str``, ``ext type 5`` ...) and value where small."""
 
@@ -101,6 +104,7 @@ class _Skim:
         self.h, self.size = handle, size
         self.pos = 0
         self.buf, self.buf_at = b"", 0
+        self.entries = self.name_chars = 0   # leaves so far, and the characters of their names
 
     # -- bytes
 
@@ -201,7 +205,7 @@ class _Skim:
             raise _Corrupt(f"the {kind} at offset {at} declares {n:,} entries but only {self.size - self.pos:,} bytes "
                            "follow: truncated or corrupt")
 
-    def value(self, depth: int, where: str) -> tuple[str, Any]:
+    def value(self, depth: int, where) -> tuple[str, Any]:
         """A leaf (``("leaf", node)``) or an opened container (``("open", (kind, count))``)."""
         at = self.pos
         kind, arg = self.head()
@@ -224,7 +228,7 @@ class _Skim:
         start = self.skip(n, what="ext payload")
         if code in (EXT_NDARRAY, EXT_NPSCALAR):
             end, self.pos = self.pos, start
-            arr = self.ndarray(end, where)
+            arr = self.ndarray(end, where())
             arr.ext = code
             return "leaf", arr
         return "leaf", _Leaf("complex number" if code == EXT_COMPLEX else f"ext type {code}")
@@ -271,32 +275,47 @@ class _Skim:
         if known is not None and math.prod(shape) * known.itemsize != n:
             raise bad(f"shape {list(shape)} of {dtype} needs {math.prod(shape) * known.itemsize:,} bytes but its "
                       f"buffer holds {n:,}")
+        if _too_large(shape, known.itemsize if known is not None else 1):
+            raise bad(f"shape {list(shape)} is too large for any array (numpy refuses it, even empty)")
         return _Array(tuple(shape), dtype, [(begin, begin + n)])
+
+    def leaf(self, name_chars: int) -> None:
+        """Count one leaf and its name against the budgets: a small file of many tiny entries, or of
+        short keys under one long one, would otherwise make gigabytes of Python objects and names."""
+        self.entries += 1
+        self.name_chars += name_chars
+        if self.entries > MAX_TREE_ENTRIES:
+            raise _Corrupt(f"holds more than {MAX_TREE_ENTRIES:,} entries (at offset {self.pos}): not a Flax "
+                           "state dict, or crafted")
+        if self.name_chars > MAX_TREE_NAME_CHARS:
+            raise _Corrupt(f"its entries' names add up to more than {MAX_TREE_NAME_CHARS:,} characters (at offset "
+                           f"{self.pos}; long keys above many entries): not a Flax state dict, or crafted")
 
     def parse(self) -> dict:
         """The whole file as nested dicts/lists of ``_Array``/``_Leaf`` (iterative: any depth)."""
-        state, arg = self.value(1, "")
+        state, arg = self.value(1, lambda: "")
         if state != "open" or arg[0] != "map":
             raise _Corrupt("is not a msgpack map (a Flax state dict)")
         root: dict = {}
-        # frames: [container, entries left, is a map, current key, path]
-        stack: list[list] = [[root, arg[1], True, self.key(), []]] if arg[1] else []
+        # frames: [container, entries left, is a map, current key, path, length of the path's name]
+        stack: list[list] = [[root, arg[1], True, self.key(), [], -1]] if arg[1] else []
         finished: _Node | None = None
         while stack:
             f = stack[-1]
             if finished is None:
-                path = f[4] + [f[3] if f[2] else str(len(f[0]))]
-                state, arg = self.value(len(stack) + 1, "/".join(path))
+                key = f[3] if f[2] else str(len(f[0]))
+                state, arg = self.value(len(stack) + 1, lambda: "/".join(f[4] + [key]))
                 if state == "open":
                     kind, n = arg
                     child: Any = {} if kind == "map" else []
                     if n:
-                        stack.append([child, n, kind == "map", None, path])
+                        stack.append([child, n, kind == "map", None, f[4] + [key], f[5] + 1 + len(key)])
                         if kind == "map":
                             stack[-1][3] = self.key()
                         continue
                     finished = child
                 else:
+                    self.leaf(f[5] + 1 + len(key))
                     finished = arg
             # put the finished value into the frame on top
             f = stack[-1]
@@ -329,6 +348,13 @@ _REASON = {"int": "int value", "float": "float value", "bool": "bool value", "ni
            "string": "string value", "bytes": "bytes value"}
 
 
+def _too_large(shape: list[int], itemsize: int) -> bool:
+    """An empty shape no array can have (``(0, 2**64 - 1)``: numpy raises "Maximum allowed
+    dimension exceeded", and a safetensors file of it is refused): its other dimensions' bytes
+    reach 2**62 (safetensors' bound on a dimension; a non-empty one is over the file's size)."""
+    return 0 in shape and math.prod(d for d in shape if d) * itemsize >= 2**62
+
+
 def _unchunk(node: dict, name: str) -> _Array:
     """A ``__msgpack_chunked_array__`` map as one array (flax ``_unchunk``: the chunks, flattened
     pieces of one dtype, joined and reshaped to ``shape``)."""
@@ -358,6 +384,8 @@ def _unchunk(node: dict, name: str) -> _Array:
         dtype = c.dtype
         numel += c.shape[0]
         pieces += c.pieces
+    if _too_large(shape, dtypes.BY_NAME[dtype].itemsize if dtype in dtypes.BY_NAME else 1):
+        raise bad(f"shape {list(shape)} is too large for any array (numpy refuses it, even empty)")
     if numel != math.prod(shape):
         raise bad(f"its chunks hold {numel:,} elements, its shape {list(shape)} {math.prod(shape):,}")
     return _Array(tuple(shape), dtype, pieces)
@@ -370,18 +398,17 @@ def flatten(root: dict) -> tuple[dict[str, _Array], dict[str, str], dict[str, An
     arrays: dict[str, _Array] = {}
     why: dict[str, str] = {}
     values: dict[str, Any] = {}
-    # (node, path, whether a chunked-array map here is one: Flax unchunks map values only)
-    stack: list[tuple[Any, list[str], bool]] = [(root, [], False)]
+    # (node, name, its first key, whether a chunked-array map here is one: Flax unchunks map values only)
+    stack: list[tuple[Any, str, str | None, bool]] = [(root, "", None, False)]
     while stack:
-        node, path, in_map = stack.pop()
-        name = "/".join(path)
+        node, name, top, in_map = stack.pop()
         if isinstance(node, dict) and in_map and CHUNKED in node:
             node = _unchunk(node, name)
-        if isinstance(node, dict):
-            stack.extend((v, path + [k], True) for k, v in reversed(list(node.items())))
-            continue
-        if isinstance(node, list):
-            stack.extend((v, path + [str(i)], False) for i, v in reversed(list(enumerate(node))))
+        if isinstance(node, (dict, list)):
+            items = node.items() if isinstance(node, dict) else ((str(i), v) for i, v in enumerate(node))
+            kids = [(v, k, k, True) if top is None else (v, f"{name}/{k}", top, isinstance(node, dict))
+                    for k, v in items]
+            stack.extend(reversed(kids))
             continue
         if name in arrays or name in why:
             raise _Corrupt(f"two entries are both named {name!r} (a key with '/' in it): ambiguous")
@@ -389,9 +416,9 @@ def flatten(root: dict) -> tuple[dict[str, _Array], dict[str, str], dict[str, An
                 node.value is not None or node.kind == "nil"):  # (a long string's text is not kept)
             finite = not isinstance(node.value, float) or math.isfinite(node.value)
             values[name] = node.value if finite else repr(node.value)  # (JSON has no nan, inf)
-        top = NOT_WEIGHTS_TOP.get(path[0]) if path[0] == "opt_state" or path == ["step"] else None
-        if top is not None:
-            why[name] = top
+        top_why = NOT_WEIGHTS_TOP.get(top) if top == "opt_state" or name == "step" else None
+        if top_why is not None:
+            why[name] = top_why
         elif isinstance(node, _Array):
             if node.dtype in dtypes.BY_NAME:
                 arrays[name] = node
@@ -460,6 +487,13 @@ class FlaxReader(Reader):
             out.append(f"{len(orbax)} value(s) are Orbax placeholders (PLACEHOLDER://...): their arrays are stored "
                        "by Orbax beside this file, which ckptfix does not read; save the restored state with "
                        "flax.serialization.to_bytes")
+        stacked = [n[:-len("/kernel")] for n, m in self._metas.items() if n.endswith("/kernel") and len(m.shape) >= 3
+                   and (b := self._metas.get(n[:-len("kernel")] + "bias")) is not None and len(b.shape) >= 2
+                   and b.shape[0] == m.shape[0]]
+        if stacked:
+            out.append(f"{len(stacked)} module(s) hold variables stacked by nn.scan/nn.vmap (a leading axis of layers: "
+                       f"{stacked[0]}/kernel {list(self._metas[stacked[0] + '/kernel'].shape)}): no layer class, "
+                       "left as stored; unstack them by hand (one torch layer per index)")
         odd = sorted({r for r in self._why.values() if r.endswith("does not have)")})
         if odd:
             out.append(f"arrays left out: {', '.join(odd)}")
