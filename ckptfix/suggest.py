@@ -146,7 +146,7 @@ def suggest(metas: dict[str, TensorMeta], target: Target, *, classes: dict[str, 
             f"# review: the checkpoint's layer order differs from the model's at {_short(p.targets[0].module for p in crossed)} "
             "(parallel branches?), and the checkpoint has no graph: layers of the same shapes there were paired by "
             "order. Check them, or give the model's config with --keras-config")
-    _build(m, work, target, tr, keras_config, configs, rules)
+    _build(m, work, target, tr, keras_config, configs, rules, layouts_of="Flax" if forms is not None else "TensorFlow")
     typed = rules.typed()
     plan = make_plan(metas, typed, target, classes=classes, layer_configs=configs)
     text = _render(rules, target_spec, source, target_kwargs)
@@ -184,7 +184,9 @@ def _flax_collections(metas: dict[str, TensorMeta], rules: _Rules) -> dict[str, 
 
 
 def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace, keras_config,
-           configs: dict[str, dict], rules: _Rules) -> None:
+           configs: dict[str, dict], rules: _Rules, layouts_of: str = "TensorFlow") -> None:
+    """``layouts_of``: whose layouts the stored kernels are in, for the transpose comments (a Flax
+    file's Conv/Dense kernels are read through Keras' rows)."""
     renames: dict[str, str] = {}
     why: dict[str, list[str]] = {}
     splits: list[tuple[str, list[str]]] = []
@@ -224,7 +226,7 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
                     renames[skey] = tkey
                 if conv.layout is not None:
                     onnx = p.reading.form is not None and p.reading.form.framework == "ONNX"
-                    transposes.setdefault((conv.layout, "ONNX" if onnx else "TensorFlow"), []).append(tkey)
+                    transposes.setdefault((conv.layout, "ONNX" if onnx else layouts_of), []).append(tkey)
                 if conv.blocks is not None:
                     blocks.setdefault(conv.blocks, []).append(tkey)
                 if conv.squeeze:
@@ -240,7 +242,7 @@ def _build(m: Matching, metas: dict[str, TensorMeta], target: Target, tr: Trace,
             lines.append(f"{how}: {_short(items, 6)}")
         rules.add("rename", {"map": renames}, "\n".join(lines))
     for (layout, framework), keys in transposes.items():
-        what = "ONNX MatMul/Gemm(transB=0) weights are (in, out)" if framework == "ONNX" else "TensorFlow layout"
+        what = "ONNX MatMul/Gemm(transB=0) weights are (in, out)" if framework == "ONNX" else f"{framework} layout"
         rules.add("transpose", {"keys": _anchored(keys), "layout": layout}, f"{what} {layout}: {_short(keys)}")
     for (axis, size), keys in flips.items():
         rules.add("reorder_blocks", {"keys": _anchored(keys), "order": list(range(size))[::-1], "axis": axis},
