@@ -8,6 +8,7 @@ file (or the rule) instead of a MemoryError, a RecursionError or the kernel's OO
 
 from __future__ import annotations
 
+import math
 import os
 
 # -- compressed zip members (formats/zipmember.py) -----------------------------------------------
@@ -120,3 +121,16 @@ def tensor_too_big(before, after, computed: bool, memory: int, working: int = 0)
         return f"computing it holds {fmt_bytes(need)} ({what}) in memory, more than the " \
                f"{fmt_bytes(memory)} this process can have"
     return None
+
+
+MAX_DIM = 1 << 62  # safetensors' bound on a dimension (its reader refuses 2**62 and more)
+
+
+def impossible_shape(shape, itemsize: int = 1) -> bool:
+    """A shape no array can have: a dimension of 2**62 or more, or an empty shape whose other
+    dimensions' bytes reach 2**62 (numpy: "Maximum allowed dimension exceeded"; a safetensors
+    output of it would be refused). A non-empty such shape is past any file's size anyway.
+    Every reader's tensors are checked with it when the checkpoint is opened."""
+    if any(d >= MAX_DIM for d in shape):
+        return True
+    return 0 in shape and math.prod(d for d in shape if d) * itemsize >= MAX_DIM

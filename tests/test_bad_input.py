@@ -816,3 +816,22 @@ def test_inputs_never_modified(cli, kind, suffix, tmp_copy, tmp_path, st_bytes, 
     assert cli("apply", inp, "-r", rules, "-o", out).exit_code == 2
     assert sha(inp) == before
     assert os.stat(inp).st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("dims", [[0, 2**62], [2**62, 0], [0, 2**31, 2**31], [3, 0, 2**63 - 1]])
+def test_a_shape_no_array_can_have_is_refused_by_every_reader(cli, tmp_path, dims):
+    """The class the Flax and .npy readers each met (an empty tensor with an impossible dimension,
+    which would be written out and then refused): checked once for every reader when a checkpoint
+    is opened (``limits.impossible_shape``). Here through an ONNX initializer of no bytes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=dims, raw_data=b"")
+    graph = helper.make_graph([], "g", [], [], initializer=[t])
+    p = tmp_path / "m.onnx"
+    p.write_bytes(helper.make_model(graph).SerializeToString())
+    before = sha(p)
+    assert_bad(cli("inspect", p), p, r"too large for any array")
+    out = tmp_path / "out.safetensors"
+    assert_bad(cli("apply", p, "-r", PAD_PRESET, "-o", out), p, r"too large for any array", out=out)
+    assert sha(p) == before

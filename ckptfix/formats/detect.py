@@ -342,9 +342,18 @@ def open_checkpoint(path: str | Path, *, state_key: str | None = None,
 
 
 def _check_names(path, metas) -> None:
-    """Tensor names must be text: JSON escapes (safetensors), pickles and HDF5 attributes can
+    """Shapes must be ones an array can have (``limits.impossible_shape``), for every reader.
+    Tensor names must be text: JSON escapes (safetensors), pickles and HDF5 attributes can
     all carry lone surrogates (``\\ud800``), which no output format can store or print."""
-    for name in metas:
+    from .. import dtypes
+    from ..limits import impossible_shape
+
+    for name, meta in metas.items():
+        dt = dtypes.BY_NAME.get(meta.dtype)
+        if impossible_shape(meta.shape, dt.itemsize if dt is not None else 1):
+            shown = name if isinstance(name, str) else repr(name)
+            raise InputError(path, f"tensor {shown.encode('utf-8', 'backslashreplace').decode()!r}: shape "
+                             f"{list(meta.shape)} is too large for any array: corrupt or crafted file")
         if not isinstance(name, str):
             raise InputError(path, f"tensor name {name!r} is not a string ({type(name).__name__})")
         try:

@@ -58,7 +58,7 @@ from typing import Any
 from .. import dtypes
 from .. import layer_table as T
 from ..errors import InputError
-from ..limits import MAX_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_NAME_CHARS
+from ..limits import MAX_DEPTH, MAX_TREE_ENTRIES, MAX_TREE_NAME_CHARS, impossible_shape
 from ..tensors import TensorMeta
 from .base import Reader
 from .fileio import read_range
@@ -275,7 +275,7 @@ class _Skim:
         if known is not None and math.prod(shape) * known.itemsize != n:
             raise bad(f"shape {list(shape)} of {dtype} needs {math.prod(shape) * known.itemsize:,} bytes but its "
                       f"buffer holds {n:,}")
-        if _too_large(shape, known.itemsize if known is not None else 1):
+        if impossible_shape(shape, known.itemsize if known is not None else 1):
             raise bad(f"shape {list(shape)} is too large for any array (numpy refuses it, even empty)")
         return _Array(tuple(shape), dtype, [(begin, begin + n)])
 
@@ -348,13 +348,6 @@ _REASON = {"int": "int value", "float": "float value", "bool": "bool value", "ni
            "string": "string value", "bytes": "bytes value"}
 
 
-def _too_large(shape: list[int], itemsize: int) -> bool:
-    """An empty shape no array can have (``(0, 2**64 - 1)``: numpy raises "Maximum allowed
-    dimension exceeded", and a safetensors file of it is refused): its other dimensions' bytes
-    reach 2**62 (safetensors' bound on a dimension; a non-empty one is over the file's size)."""
-    return 0 in shape and math.prod(d for d in shape if d) * itemsize >= 2**62
-
-
 def _unchunk(node: dict, name: str) -> _Array:
     """A ``__msgpack_chunked_array__`` map as one array (flax ``_unchunk``: the chunks, flattened
     pieces of one dtype, joined and reshaped to ``shape``)."""
@@ -384,7 +377,7 @@ def _unchunk(node: dict, name: str) -> _Array:
         dtype = c.dtype
         numel += c.shape[0]
         pieces += c.pieces
-    if _too_large(shape, dtypes.BY_NAME[dtype].itemsize if dtype in dtypes.BY_NAME else 1):
+    if impossible_shape(shape, dtypes.BY_NAME[dtype].itemsize if dtype in dtypes.BY_NAME else 1):
         raise bad(f"shape {list(shape)} is too large for any array (numpy refuses it, even empty)")
     if numel != math.prod(shape):
         raise bad(f"its chunks hold {numel:,} elements, its shape {list(shape)} {math.prod(shape):,}")

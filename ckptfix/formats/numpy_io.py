@@ -7,7 +7,6 @@ structured dtypes are refused with an InputError.
 
 from __future__ import annotations
 
-import math
 import struct
 import tokenize
 import zipfile
@@ -16,6 +15,7 @@ from typing import Any
 
 from .. import dtypes
 from ..errors import InputError
+from ..limits import impossible_shape
 from . import zipmember
 from .fileio import ZIP_MEMBER_ERRORS
 from ..tensors import TensorMeta
@@ -71,7 +71,7 @@ def _read_header(fp, path, what: str) -> tuple[tuple[int, ...], bool, Any]:
     # numpy cannot make such an array even when a 0 makes it empty (found by fuzzing: reshape
     # raised "Maximum allowed dimension exceeded" for (0, 2**63, 3)); a non-empty one is
     # reported as truncated, its data being missing
-    if 0 in shape and math.prod(s for s in shape if s) * dtype.itemsize >= 2**63:
+    if impossible_shape(shape, dtype.itemsize):
         raise InputError(path, f"{what}: shape {shape} is too large for any array")
     return tuple(shape), fortran, dtype
 
