@@ -549,6 +549,23 @@ def presets() -> None:
     _exit(_run(go))
 
 
+@app.command()
+def show(ckpt: str = typer.Argument(..., help="Checkpoint to draw, e.g. model.keras."),
+         layers: Optional[List[str]] = typer.Argument(None, help="Layers to draw: a layer or tensor name, or a regex matching whole layer names, e.g. 'conv.*' (default: the conv layers and weight matrices, up to a limit)."),
+         rules: Optional[List[str]] = typer.Option(None, "--rules", "-r", help="Draw before | after these rules (applied in memory), e.g. -r keras-to-torch; repeat to compose."),
+         out: Optional[str] = typer.Option(None, "--out", "-o", help="The PNG to write, e.g. -o filters.png."),
+         state_key: Optional[str] = StateKey, allow_global: Optional[List[str]] = AllowGlobal,
+         allow_outside: bool = AllowOutside) -> None:
+    """Draw conv filters as image grids and a histogram per weight into a PNG (needs ckptfix[show])."""
+
+    def go():
+        from .pictures import show_file
+
+        pic = show_file(ckpt, out, layers or [], rules or [], _opts(state_key, allow_global, allow_outside))
+        _out(f"wrote {out} ({pic.summary})")
+    _exit(_run(go))
+
+
 def run() -> None:
     app()
 
