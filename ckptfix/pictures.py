@@ -7,11 +7,12 @@ What is drawn
   ``LAYER`` arguments select layers: each is a layer name or a tensor name (its layer), else a
   regular expression that must match a whole layer name (``re.fullmatch``); with ``-r``, the
   names after the rules are accepted too. An argument that selects nothing is an error. Without
-  arguments: the first ``MAX_CONV_LAYERS`` conv layers get a filter grid and the first
+  arguments: the first ``MAX_CONV_LAYERS`` conv weights get a filter grid and the first
   ``MAX_HISTOGRAMS`` floating-point tensors of rank >= 2 (kernels, matrices) a histogram; the
   title says when a limit cut some off. Named layers: a filter grid for each conv layer among
   them and a histogram of each of their floating-point tensors (biases and norms too). Only the
-  tensors drawn are read (with ``-r``, also what a rule reads to choose channels).
+  tensors drawn are read, each once (with ``-r``, the after side is computed from the same read;
+  a rule that chooses channels from the data reads what it needs).
 
 Filters
   A conv weight is shown in PyTorch's layout, (O, I/groups, *K) (a transposed conv: (I, O, *K)).
@@ -484,6 +485,39 @@ def _hist_panel(name: str, t, side: str) -> Panel:
                  histogram_pixels(heights), "histogram", name, side)
 
 
+class _LastRead:
+    """A reader that keeps the last tensor read: the rules' output of a tensor just drawn is
+    computed from it, not from a second read."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.last = reader, None
+
+    def read(self, name: str):
+        if self.last is None or self.last[0] != name:
+            self.last = (name, self.reader.read(name))
+        return self.last[1]
+
+    def __getattr__(self, attr):
+        return getattr(self.reader, attr)
+
+
+class _Drawn:
+    """Each tensor read once: a conv weight that also gets a histogram has it drawn while read.
+    ``source``: output name -> the input name the selection knows it by (after the rules)."""
+
+    def __init__(self, sel: Selection, source: dict[str, str] | None = None) -> None:
+        self.wanted, self.source = set(sel.histograms), source or {}
+        self.done: dict[str, Panel] = {}
+
+    def filters(self, src: FilterSource, t, side: str) -> Panel:
+        if self.source.get(src.name, src.name) in self.wanted:
+            self.done[src.name] = _hist_panel(src.name, t, side)
+        return _filter_panel(src, t, side)
+
+    def histogram(self, name: str, read, side: str) -> Panel:
+        return self.done.pop(name, None) or _hist_panel(name, read(), side)
+
+
 def _side(side: str) -> str:
     return f"{side}: " if side else ""
 
@@ -503,8 +537,9 @@ def render(path: str | Path, selectors: Sequence[str] = (), rules: Iterable = ()
             metas = r.metas()
             layers = L.read_layers(metas, r.layer_classes(), r.layer_configs())
             sel = select(metas, layers, selectors, r.layer_configs())
-            rows = [[_filter_panel(f, r.read(f.name), "")] for f in sel.filters]
-            hists = [_hist_panel(n, r.read(n), "") for n in sel.histograms]
+            drawn = _Drawn(sel)
+            rows = [[drawn.filters(f, r.read(f.name), "")] for f in sel.filters]
+            hists = [drawn.histogram(n, lambda n=n: r.read(n), "") for n in sel.histograms]
             title = f"{path} ({r.format})"
         rows += [hists[i:i + HIST_COLS] for i in range(0, len(hists), HIST_COLS)]
     else:
@@ -538,16 +573,18 @@ def _render_rules(path, selectors, rule_refs, opts):
         after_metas = plan.metas
         after_layers = L.read_layers(after_metas)
         after_names = _full_names(after_metas)
-        prod = _Producer(plan, reader, Progress())
+        memo = _LastRead(reader)
+        prod = _Producer(plan, memo, Progress())
+        before_drawn, after_drawn = _Drawn(sel), _Drawn(sel, {outs[0]: src for src, outs in outputs.items()})
         rows = []
         for f in sel.filters:
-            before = _filter_panel(f, reader.read(f.name), "before")
+            before = before_drawn.filters(f, memo.read(f.name), "before")
             after = None
             for o in outputs.get(f.name, []):
                 ly = after_layers[L.layer_of(o)]
                 cands = [c for c in conv_weights(ly, after_names[ly.name]) if c.name == o]
                 if cands:
-                    after = _filter_panel(cands[0], prod.tensor(o), "after")
+                    after = after_drawn.filters(cands[0], prod.tensor(o), "after")
                     break
             if after is None:
                 outs = outputs.get(f.name)
@@ -556,10 +593,10 @@ def _render_rules(path, selectors, rule_refs, opts):
             rows.append([before, after])
         hists = []
         for n in sel.histograms:
-            hists.append(_hist_panel(n, reader.read(n), "before"))
+            hists.append(before_drawn.histogram(n, lambda n=n: memo.read(n), "before"))
             outs = outputs.get(n, [])
             if outs:
-                hists.append(_hist_panel(outs[0], prod.tensor(outs[0]), "after"))
+                hists.append(after_drawn.histogram(outs[0], lambda o=outs[0]: prod.tensor(o), "after"))
             else:
                 hists.append(_missing(n, "histogram", "not in the output (the rules drop it)"))
         title = f"{path} ({reader.format}): before | after {rf.source}"

@@ -235,3 +235,43 @@ def test_without_pillow_one_line_naming_the_extra(cli, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)   # `import PIL` now raises ImportError
     _one_line_error(cli("show", tmp_path / "c.pt", "-o", tmp_path / "x.png"), "pip install 'ckptfix[show]'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_reads_only_the_tensors_drawn_each_once(cli, tmp_path, monkeypatch):
+    pytest.importorskip("PIL")
+    from ckptfix.formats.safetensors_io import SafetensorsReader
+
+    g = torch.Generator().manual_seed(7)
+    state = {"a.weight": torch.randn(4, 3, 3, 3, generator=g), "a.bias": torch.randn(4, generator=g),
+             "b.weight": torch.randn(6, 4, 3, 3, generator=g), "fc.weight": torch.randn(2, 6, generator=g)}
+    save_file(state, tmp_path / "m.safetensors")
+    reads = []
+    real = SafetensorsReader.read
+    monkeypatch.setattr(SafetensorsReader, "read", lambda self, name: reads.append(name) or real(self, name))
+    assert cli("show", tmp_path / "m.safetensors", "b", "-o", tmp_path / "b.png").exit_code == 0
+    assert reads == ["b.weight"]                 # its filters and its histogram from one read
+    reads.clear()
+    assert cli("show", tmp_path / "m.safetensors", "-o", tmp_path / "all.png").exit_code == 0
+    assert sorted(reads) == ["a.weight", "b.weight", "fc.weight"]   # the bias: no histogram by default
+    reads.clear()
+    (tmp_path / "stem.yaml").write_text("ckptfix: 1\nrules:\n  - rename: {pattern: '^a\\.', replace: 'stem.'}\n")
+    r = cli("show", tmp_path / "m.safetensors", "stem", "-r", tmp_path / "stem.yaml", "-o", tmp_path / "r.png")
+    assert r.exit_code == 0 and "2 filter grid(s), 4 histogram(s)" in r.stdout, r.stdout + r.stderr
+    assert reads == ["a.weight", "a.bias"]       # the after side computed from the same reads
+
+
+def test_non_finite_values_are_magenta_and_left_out_of_the_scale(cli, tmp_path):
+    pytest.importorskip("PIL")
+    w = _first_conv()
+    w[0, 1, 0, 0] = np.nan                       # the green channel of filter 0's top-left pixel
+    w[3, 2, 2, 2] = np.inf                       # where the max was: the max is now the next value
+    _save_conv(tmp_path / "n.pt", w)
+    assert cli("show", tmp_path / "n.pt", "conv1", "-o", tmp_path / "n.png").exit_code == 0
+    px = _png(tmp_path / "n.png")
+    y0, t = TOP + P.CAPTION_H, 24
+    finite = np.where(np.isfinite(w), w, np.nan)
+    lo, hi = np.nanmin(finite), np.nanmax(finite)
+    assert hi == w[3, 2, 2, 1]
+    assert (_tile(px, P.MARGIN, y0, 0, 0, t, t)[:8, :8] == P.NONFINITE).all()
+    assert (_tile(px, P.MARGIN, y0, 1, 1, t, t)[16:, 16:] == P.NONFINITE).all()
+    assert _tile(px, P.MARGIN, y0, 1, 1, t, t)[16, 8, 2] == 255 == math.floor(255 * (hi - lo) / (hi - lo) + 0.5)
