@@ -462,8 +462,16 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
     batch.refuse_onto_inputs(jobs_, settings.input_files())
     sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     t0 = time.monotonic()
+    overall = None
+    if odir is not None and Bar.wanted(quiet=quiet, json=as_json):  # apply --out-dir on a terminal
+        from .progress import BatchBar, input_bytes
+
+        sizes = {str(j.input): input_bytes(j.input) for j in jobs_}
+        overall = BatchBar(len(jobs_), sum(sizes.values()))
 
     def on_record(rec):
+        if overall is not None:
+            overall.record(sizes.get(str(rec["input"]), 0))
         line = json.dumps(rec, default=str)
         if sink:
             sink.write(line + "\n")
@@ -481,6 +489,8 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
         records = batch.run(jobs_, settings, workers=workers, timeout=timeout or batch.DEFAULT_TIMEOUT,
                             keep_going=keep_going, on_record=on_record, out_dir=odir)
     finally:
+        if overall is not None:
+            overall.finish()
         if sink:
             sink.close()
     if not quiet:
