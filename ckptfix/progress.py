@@ -5,6 +5,12 @@ uses ``Bar``: a rich progress bar on stderr (bytes, tensors, rate, ETA) that app
 work has run for ``DELAY`` seconds, so quick jobs print nothing extra. ``Bar.wanted`` decides when a
 bar is allowed at all: never with ``--quiet`` or ``--json``, and never when stderr is not a terminal
 (logs and pipelines get no control sequences). rich is imported only when a bar is shown.
+
+Sizes and speed are in one binary unit system, speed in the total's unit (1.5/3.0 GiB, 0.5 GiB/s);
+the ETA appears after ``ETA_AFTER`` seconds and ``ETA_SAMPLES`` samples (a first estimate is noise);
+without colour (``NO_COLOR``, or a terminal with none) the bar is drawn in characters
+(``[####------]``), as rich's own bar then shows nothing of the part not yet done. ``BatchBar`` is
+the overall bar of ``apply --out-dir`` on a terminal: inputs done of all, and their bytes.
 """
 
 from __future__ import annotations
@@ -43,7 +49,17 @@ def _rich_progress(stream, clock, extra: list, *, transient: bool = True):
     columns = [TextColumn("{task.description}"), _TextBar() if plain else BarColumn(), _Size(), *extra,
                _Speed(), _Eta()]
     kw = {"get_time": clock} if clock is not None else {}
-    return RichProgress(*columns, console=console, transient=transient, **kw)
+    # stdout's lines (a batch's "done ..." lines) are drawn above the bar only when stdout is this
+    # terminal too: redirected to a file, they must stay there
+    same = _isatty(sys.stdout) and _isatty(stream)
+    return RichProgress(*columns, console=console, transient=transient, redirect_stdout=same, **kw)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def _columns():

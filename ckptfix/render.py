@@ -1,4 +1,8 @@
-"""Human-readable text for the CLI (plain aligned text: readable in a terminal, a log or a pipe)."""
+"""Human-readable text for the CLI (plain aligned text: readable in a terminal, a log or a pipe).
+
+The step table is laid out for ``text_width()``: ``COLUMNS`` when set, else the terminal's width
+when stdout is a terminal, else 80 (a log or a pipe); no line of it is wider.
+"""
 
 from __future__ import annotations
 
