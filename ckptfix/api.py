@@ -10,12 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import layers as L
 from . import target as targets
 from .errors import CkptfixError, DoesNotFit
-from .execute import check_output, execute, inputs_of, output_format
+from .execute import check_output, check_output_name, execute, inputs_of, output_format
 from .formats import open_checkpoint
 from .plan import Fit, Plan, count_params, fit_report, make_plan
 from .rules import RulesFile, load_rules
@@ -139,15 +139,25 @@ def plan_file(path: str | Path, rules: RulesFile, target=None, *, target_kwargs:
         raise
 
 
+class _CallerError(Exception):
+    """An exception raised by a caller's callback, carried past apply_file's handlers."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | RulesFile, out: str | Path | None = None,
                *, target=None, target_kwargs: dict | None = None, fmt: str | None = None,
                dry_run: bool = False, force: bool = False, shard_size: int | None = None,
                opts: Options | None = None, raise_on_error: bool = False, progress=None,
-               verify: bool = False) -> Result:
+               verify: bool = False, on_plan: Callable[[Result], None] | None = None) -> Result:
     """Plan, validate and (unless ``dry_run``) write one checkpoint.
 
     ``progress``: a ``ckptfix.progress.Progress`` told of bytes and tensors as they are written.
     ``verify``: re-read the output before it is put in place; every tensor must hash as produced.
+    ``on_plan``: called with the Result (its plan and fit filled in) once the plan has validated,
+    before any data is read or written (the CLI prints the plan there).
 
     Never raises for a bad input or a misfit unless ``raise_on_error``: the Result says what
     failed (``error``) and the exit code the CLI would use.
@@ -158,6 +168,8 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
         rf = rules if isinstance(rules, RulesFile) else compose_rules(rules)
         if out is None and not dry_run:
             raise CkptfixError("no output path (give -o OUT, or --dry-run)")
+        if out is not None:
+            check_output_name(out, fmt, shard_size)  # before anything is opened
         plan, reader = plan_file(path, rf, target, target_kwargs=target_kwargs, opts=opts)
         with reader:
             if out is not None and not dry_run:
@@ -174,13 +186,20 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
             if plan.fit is not None and not plan.fit.fits:
                 raise DoesNotFit(f"{path}: after the rules, the checkpoint does not fit {plan.target.description}: "
                                  + _misfit_summary(plan.fit))
-            if not dry_run:
-                kind = output_format(out, fmt, reader.format, shard_size)
+            kind = output_format(out, fmt, reader.format, shard_size) if not dry_run else None
+            if on_plan is not None:
+                try:
+                    on_plan(res)
+                except BaseException as e:  # the caller's failure (a closed stdout ...): theirs, as raised
+                    raise _CallerError(e) from e
+            if kind is not None:
                 written = execute(plan, reader, out, kind, force=force, shard_size=shard_size,
                                   progress=progress, verify=verify)
                 res.warnings += written.warnings
             res.warnings += reader.warnings()
         res.ok = True
+    except _CallerError as e:
+        raise e.error from None
     except CkptfixError as e:
         if raise_on_error:
             raise

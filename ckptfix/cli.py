@@ -134,6 +134,7 @@ AllowOutside = typer.Option(False, "--allow-outside-files", help="Read checkpoin
 TargetKw = typer.Option(None, "--target-kwargs", help="Keyword arguments for a model-factory target, as YAML: '{num_classes: 15}'.")
 Json = typer.Option(False, "--json", help="Machine-readable output (see README).")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bar and no report; errors and warnings only.")
+Verbose = typer.Option(False, "--verbose", "-v", help="The whole plan: steps that did nothing, and every change.")
 
 
 def _version(value: bool) -> None:
@@ -225,14 +226,15 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             keras_config: Optional[str] = typer.Option(
                 None, "--keras-config", help="A Keras model config for a checkpoint that has none (.npz, TF "
                 "checkpoints, .weights.h5): a .keras or legacy .h5 file, or the JSON of model.to_json(). "
-                "Gives layer classes, the graph and Permute/Flatten facts.")) -> None:
+                "Gives layer classes, the graph and Permute/Flatten facts."),
+            verbose: bool = Verbose) -> None:
     """Write a commented rules file that makes CKPT fit the target, proven by a dry-run plan. Exit 1 if it cannot."""
 
     def go():
         from . import api
         from .execute import check_output, inputs_of
         from .formats.atomic import atomic_file
-        from .render import fit_text, steps_text
+        from .render import fit_text, plan_text
         from .errors import InputError
         from .layers import split_key
         from .suggest import suggest as run_suggest
@@ -277,8 +279,7 @@ def suggest(ckpt: str, target: str = typer.Option(..., "--target", "-t", help="W
             if out is None:
                 _out(sug.text.rstrip())
             if sug.plan.steps:
-                _out(f"{ckpt}: plan of the suggested rules (dry run)")
-                _out(steps_text(sug.plan))
+                _out(plan_text(sug.plan, f"{ckpt}: plan of the suggested rules (dry run)", verbose=verbose))
             _out(fit_text(sug.plan.fit, "result", tgt.description))
             if out is not None:
                 _out(f"wrote {out}" + ("" if sug.fits else " (incomplete: see above)"))
@@ -313,9 +314,18 @@ def explain(source: str = typer.Argument("-", help="A file holding the pasted er
     _exit(_run(go))
 
 
-def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
-    from .render import fit_text, steps_text
+def _report_plan(res, verbose: bool = False) -> None:
+    """The plan and its fit: printed (through ``apply_file``'s ``on_plan``) before the data moves."""
+    from .render import fit_text, plan_text
 
+    if res.plan is not None and res.plan.steps:
+        _out(plan_text(res.plan, f"{res.input}: plan", verbose=verbose), flush=True)
+    if res.fit is not None and res.plan is not None:
+        _out(fit_text(res.fit, "result" if res.plan.steps else res.input, res.plan.target.description), flush=True)
+
+
+def _report(res, as_json: bool, verb: str, quiet: bool = False, verbose: bool = False,
+            plan_shown: bool = False) -> None:
     if as_json:
         _emit_json(res.to_json())
         return
@@ -323,11 +333,8 @@ def _report(res, as_json: bool, verb: str, quiet: bool = False) -> None:
         for w in res.warnings:
             _warn(w)
         return
-    if res.plan is not None and res.plan.steps:
-        _out(f"{res.input}: plan")
-        _out(steps_text(res.plan))
-    if res.fit is not None and res.plan is not None:
-        _out(fit_text(res.fit, "result" if res.plan.steps else res.input, res.plan.target.description))
+    if not plan_shown:
+        _report_plan(res, verbose)
     if res.ok:
         if res.output and verb == "apply":
             _out(f"wrote {res.output}")
@@ -360,7 +367,7 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
           keep_going: bool = typer.Option(False, "--keep-going", help="With several inputs, go on after a failure."),
           recursive: bool = Recursive, jobs: Optional[int] = Jobs, timeout: Optional[float] = Timeout,
           max_memory: Optional[str] = MaxMemory, report: Optional[str] = Report,
-          lock_timeout: Optional[float] = LockTimeout, quiet: bool = Quiet,
+          lock_timeout: Optional[float] = LockTimeout, quiet: bool = Quiet, verbose: bool = Verbose,
           as_json: bool = Json, state_key: Optional[str] = StateKey,
           allow_global: Optional[List[str]] = AllowGlobal, allow_outside: bool = AllowOutside) -> None:
     """Apply rules, validating shapes and parameter counts after every step, then write atomically."""
@@ -392,10 +399,12 @@ def apply(ckpts: List[str] = typer.Argument(..., help="Input checkpoint(s) or, w
                           keep_going, as_json, quiet, lock_timeout)
         bar = Bar() if Bar.wanted(quiet=quiet, json=as_json) else None
         worst = EXIT_OK
+        shown = []  # the plan is printed once it validates, before the data moves
+        on_plan = None if as_json or quiet else (lambda r: (_report_plan(r, verbose), shown.append(r)))
         for inp in ckpts:
             res = api.apply_file(inp, composed, out, target=tgt, fmt=fmt, dry_run=dry_run, force=force,
-                                 shard_size=size, opts=opts, progress=bar, verify=verify)
-            _report(res, as_json, "dry-run" if dry_run else "apply", quiet)
+                                 shard_size=size, opts=opts, progress=bar, verify=verify, on_plan=on_plan)
+            _report(res, as_json, "dry-run" if dry_run else "apply", quiet, verbose, plan_shown=res in shown)
             if not res.ok:
                 if not as_json:
                     _err(res.error)
@@ -453,8 +462,16 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
     batch.refuse_onto_inputs(jobs_, settings.input_files())
     sink = open(report, "w", encoding="utf-8") if report else None  # noqa: SIM115
     t0 = time.monotonic()
+    overall = None
+    if odir is not None and Bar.wanted(quiet=quiet, json=as_json):  # apply --out-dir on a terminal
+        from .progress import BatchBar, input_bytes
+
+        sizes = {str(j.input): input_bytes(j.input) for j in jobs_}
+        overall = BatchBar(len(jobs_), sum(sizes.values()))
 
     def on_record(rec):
+        if overall is not None:
+            overall.record(sizes.get(str(rec["input"]), 0))
         line = json.dumps(rec, default=str)
         if sink:
             sink.write(line + "\n")
@@ -472,6 +489,8 @@ def _run_batch(settings, inputs, odir, out, workers, timeout, report, keep_going
         records = batch.run(jobs_, settings, workers=workers, timeout=timeout or batch.DEFAULT_TIMEOUT,
                             keep_going=keep_going, on_record=on_record, out_dir=odir)
     finally:
+        if overall is not None:
+            overall.finish()
         if sink:
             sink.close()
     if not quiet:

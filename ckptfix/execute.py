@@ -40,8 +40,32 @@ class Written:
     warnings: list[str] = field(default_factory=list)
 
 
+def check_output_name(out: str | Path, requested: str | None, shard_size: int | None) -> None:
+    """Refuse an output name that says nothing ckptfix can write, before any work: ``-`` (stdout:
+    outputs are written atomically, verified and sometimes sharded, so never streamed) and a
+    suffix that names another format (``x.onnx``), unless ``--format`` (or ``--shard-size``) says
+    what to write. A name with no suffix is written like the input."""
+    from .errors import UsageError
+
+    if str(out) == "-":
+        raise UsageError("-o -: writing to stdout is not supported (outputs are written atomically and "
+                         "verifiable); give a file name")
+    if requested or shard_size or str(out).endswith("/") or Path(out).is_dir():
+        return
+    suffix = Path(out).suffix
+    if suffix and suffix.lower() not in KNOWN_SUFFIXES:
+        raise UsageError(f"{out}: unknown output suffix {suffix!r}: name a .safetensors or "
+                         f"{'/'.join(PT_SUFFIXES)} file, or a directory for shards (--shard-size), "
+                         "or say what to write with --format")
+
+
+KNOWN_SUFFIXES = (".safetensors",) + PT_SUFFIXES
+
+
 def output_format(out: str | Path, requested: str | None, input_format: str, shard_size: int | None) -> str:
-    """Pick the output format: --format, else --shard-size, else the suffix, else like the input."""
+    """Pick the output format: --format, else --shard-size, else the suffix, else like the input
+    (a name with no suffix). An unknown suffix is refused (``check_output_name``)."""
+    check_output_name(out, requested, shard_size)
     if requested:
         if requested == "safetensors" and shard_size:
             return "safetensors-sharded"
@@ -54,9 +78,9 @@ def output_format(out: str | Path, requested: str | None, input_format: str, sha
 
         raise UsageError(f"{out}: is a directory; for sharded output into it give --shard-size "
                          "(or name a file)")
-    if out.suffix == ".safetensors":
+    if out.suffix.lower() == ".safetensors":
         return "safetensors"
-    if out.suffix in PT_SUFFIXES:
+    if out.suffix.lower() in PT_SUFFIXES:
         return "pt"
     if input_format in ("pt", "pt-legacy"):
         return "pt"
@@ -442,4 +466,4 @@ def _is_sharded_output(d: Path) -> bool:
         n == SHARD_INDEX or (n.startswith("model-") and n.endswith(".safetensors")) for n in names)
 
 
-__all__ = ["execute", "output_format", "check_output", "inputs_of", "InputSet", "refuse_inputs", "Written"]
+__all__ = ["execute", "output_format", "check_output_name", "check_output", "inputs_of", "InputSet", "refuse_inputs", "Written"]

@@ -1,9 +1,19 @@
-"""Human-readable text for the CLI (plain aligned text: readable in a terminal, a log or a pipe)."""
+"""Human-readable text for the CLI (plain aligned text: readable in a terminal, a log or a pipe).
+
+The step table is laid out for ``text_width()``: ``COLUMNS`` when set, else the terminal's width
+when stdout is a terminal, else 80 (a log or a pipe); no line of it is wider.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import sys
+import textwrap
+
 from .errors import one_line as _s
-from .plan import Fit, Plan
+from .plan import Fit, Plan, count_params
 from .tensors import fmt_shape
 
 # Names, keys, paths and messages come from files: each goes in through ``_s`` (errors.one_line),
@@ -88,26 +98,183 @@ def _names(names: list[str], limit: int = 8) -> str:
     return s + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-def steps_text(plan: Plan) -> str:
-    rows = []
-    for s in plan.steps:
-        changes = "; ".join(s.changes[:3]) + (f"; ... ({len(s.changes)} in all)" if len(s.changes) > 3 else "")
-        if plan.target is not None:
-            checks = [f"{s.fit_target}/{len(s.touched)} fit target"] if s.touched else []
-            bad_layers = [f"{ly['layer']} {ly['params']}/{ly['target_params']} params" for ly in s.layers if not ly["ok"]]
-            ok_layers = [ly for ly in s.layers if ly["ok"]]
-            if ok_layers:
-                checks.append(f"{len(ok_layers)} layer(s) match target params")
-            if bad_layers:
-                checks.append("layer params differ: " + ", ".join(bad_layers[:2]))
-        else:
-            checks = []
-        checks += [f"EXPECT FAILED: {e}" for e in s.expect_errors]
-        if s.expect_checked and not s.expect_errors:
-            checks.append("expect ok")
-        rows.append([str(s.index), s.summary, s.where, changes or "-", human_count(s.params), "; ".join(checks) or "-"])
-    return _table(rows, ["#", "rule", "where", "changes", "params", "checks"])
+DEFAULT_WIDTH = 80  # the width of text that is not going to a terminal (a log, a pipe, a file)
+MIN_WIDTH = 40      # narrower than this, nothing can be laid out; the table is drawn for 40 columns
+CHANGES_SHOWN = 3   # changes listed per step (all of them with --verbose)
 
+
+def text_width(stream=None) -> int:
+    """The width reports are laid out for: ``COLUMNS`` when set (a terminal's own, or a user's
+    choice for a log), else the terminal's width when ``stream`` (stdout) is a terminal, else 80.
+    Never below ``MIN_WIDTH``."""
+    env = os.environ.get("COLUMNS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        return max(MIN_WIDTH, int(env))
+    stream = stream or sys.stdout
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return max(MIN_WIDTH, shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns if tty else DEFAULT_WIDTH)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """One cell's text as lines of at most ``width`` characters (words broken when they must be;
+    a wrapped line's continuation indented by two, when there is room)."""
+    if len(text) <= width:
+        return [text]
+    indent = "  " if width > 8 else ""
+    # a shape ([3, 3, 8, 16]) is one word: lines break between names and shapes, not inside one
+    glued = re.sub(r"\[[^\[\]]*\]", lambda m: m.group(0).replace(" ", NBSP), text)
+    lines = textwrap.wrap(glued, width, subsequent_indent=indent, break_long_words=True,
+                          break_on_hyphens=False) or [""]
+    return [line.replace(NBSP, " ") for line in lines]
+
+
+NBSP = "\x00"  # glue: not a break point for textwrap, and never in escaped text (one_line escapes controls)
+
+
+def _fit_widths(natural: list[int], budget: int, shrink: list[int], caps: dict[int, int] | None = None) -> list[int]:
+    """Column widths summing to at most ``budget``. First the columns in ``caps`` give up room down
+    to their cap; then the columns in ``shrink``, the widest first, down to a floor; then any
+    column, down to 1."""
+    widths = list(natural)
+    for i, cap in (caps or {}).items():
+        widths[i] = max(min(widths[i], cap), widths[i] - max(0, sum(widths) - budget))
+    floors = [(min(w, 12) if i in shrink else w) for i, w in enumerate(widths)]
+    for pool, floor in ((shrink, floors), (list(range(len(widths))), [1] * len(widths))):
+        while sum(widths) > budget:
+            cands = [i for i in pool if widths[i] > floor[i]]
+            if not cands:
+                break
+            i = max(cands, key=lambda j: (widths[j], -pool.index(j)))
+            widths[i] -= 1
+    return widths
+
+
+def _grid(rows: list[list[list[str]]], header: list[str], width: int, shrink: list[int],
+          caps: dict[int, int] | None = None, below: list[str] | None = None, indent: str = "  ") -> list[str]:
+    """A table whose cells hold several lines each, laid out in ``width`` columns: cells wrap
+    inside their column, so no line is wider than ``width``. ``below``: a line of text under
+    each row (or ""), from the second column on, wrapped too."""
+    rows = [[[_s(x) for x in cell] for cell in r] for r in rows]
+    header = [_s(h) for h in header]
+    ncol = len(header)
+    natural = [max([len(header[i])] + [len(x) for r in rows for x in r[i]]) for i in range(ncol)]
+    widths = _fit_widths(natural, width - len(indent) - 2 * (ncol - 1), shrink, caps)
+    out = []
+    for n, r in enumerate([[[h] for h in header]] + rows):
+        cells = [[w for x in cell for w in _wrap(x, widths[i])] for i, cell in enumerate(r)]
+        for k in range(max(len(c) for c in cells)):
+            parts = [(c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths)]
+            out.append((indent + "  ".join(parts)).rstrip())
+        if n and below and below[n - 1]:
+            lead = " " * min(len(indent) + widths[0] + 2, width // 2)
+            out += [lead + line for line in _wrap(_s(below[n - 1]), width - len(lead))]
+    return out
+
+
+def _natural_width(rows: list[list[list[str]]], header: list[str], indent: int = 2) -> int:
+    return indent + 2 * (len(header) - 1) + sum(
+        max([len(_s(header[i]))] + [len(_s(x)) for r in rows for x in r[i]]) for i in range(len(header)))
+
+
+def _idle(s) -> bool:
+    """A step that did nothing: no change, no tensor touched, nothing checked (an optional rule
+    that matched no tensor, as presets for many model shapes have)."""
+    return not s.changes and not s.touched and not s.expect_errors and not s.expect_checked
+
+
+def _ranges(nums: list[int]) -> str:
+    out, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}-{nums[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _checks(plan: Plan, s) -> list[str]:
+    checks = []
+    if plan.target is not None:
+        if s.touched:
+            checks.append(f"{s.fit_target}/{len(s.touched)} fit target")
+        ok = [ly for ly in s.layers if ly["ok"]]
+        bad = [f"{ly['layer']} {ly['params']}/{ly['target_params']}" for ly in s.layers if not ly["ok"]]
+        if ok:
+            checks.append(f"{len(ok)} layer(s) params ok")
+        if bad:
+            checks.append("layer params differ: " + ", ".join(bad[:2]) + (" ..." if len(bad) > 2 else ""))
+    checks += [f"EXPECT FAILED: {e}" for e in s.expect_errors]
+    if s.expect_checked and not s.expect_errors:
+        checks.append("expect ok")
+    return checks
+
+
+def steps_text(plan: Plan, *, verbose: bool = False, width: int | None = None) -> str:
+    """The plan's steps as a table at most ``width`` columns wide (``text_width()`` by default).
+
+    Compact unless ``verbose``: steps that did nothing are one line under the table; a step's
+    changes are listed one a line, the first ``CHANGES_SHOWN`` of them; a rules file named by
+    every step goes in the heading and the column holds line numbers; the params column only
+    when the count changes; the checks column only when a step checked something.
+    """
+    width = width or text_width()
+    idle = [] if verbose else [s for s in plan.steps if _idle(s)]
+    shown = [s for s in plan.steps if s not in idle]
+    sources = {s.where.rpartition(":")[0] for s in plan.steps}
+    one_source = len(sources) == 1 and all(s.where.rpartition(":")[2].isdigit() for s in plan.steps)
+    params = {s.params for s in plan.steps} | {count_params(plan.inputs, plan.target)}
+    checks = {s.index: _checks(plan, s) for s in shown}
+    cols = ["#", "rule", "line" if one_source else "where", "changes"]
+    if len(params) > 1:
+        cols.append("params")
+    rows = []
+    for s in shown:
+        limit = len(s.changes) if verbose else CHANGES_SHOWN
+        changes = s.changes[:limit] + ([f"... ({len(s.changes)} in all)"] if len(s.changes) > limit else [])
+        row = [[str(s.index)], [s.summary], [s.where.rpartition(":")[2] if one_source else s.where],
+               changes or ["-"]]
+        if "params" in cols:
+            row.append([human_count(s.params)])
+        rows.append(row)
+    below = None
+    if any(checks.values()):  # a column when the table fits as it is, else a line under each row
+        wide = [row + [checks[s.index] or ["-"]] for row, s in zip(rows, shown)]
+        if _natural_width(wide, cols + ["checks"]) <= width:
+            rows, cols = wide, cols + ["checks"]
+        else:
+            below = ["checks: " + "; ".join(checks[s.index]) if checks[s.index] else "" for s in shown]
+    out = []
+    about = [f"{len(plan.steps)} step(s)"]
+    if one_source:
+        about.append(f"rules from {next(iter(sources))}")
+    if len(params) == 1:
+        about.append(f"{human_count(next(iter(params)))} params throughout")
+    out += _wrap_line("  " + "; ".join(about), width)
+    if rows:
+        # where a cell must give up room: changes first, then checks, the rule, where
+        order = [cols.index(c) for c in ("changes", "checks", "rule", "where", "line") if c in cols]
+        # the rule's words wrap before the changes do (they are read once; the changes are the news)
+        caps = {cols.index("rule"): max(20, width // 4)}
+        out += _grid(rows, cols, width, order, caps, below)
+    if idle:
+        out += _wrap_line(f"  {len(idle)} rule(s) matched no tensor and did nothing: step(s) "
+                          f"{_ranges([s.index for s in idle])} (--verbose lists them)", width)
+    return "\n".join(out)
+
+
+def plan_text(plan: Plan, heading: str, *, verbose: bool = False, width: int | None = None) -> str:
+    """``heading`` (e.g. "model.keras: plan") over the steps table."""
+    width = width or text_width()
+    return "\n".join(_wrap_line(heading, width) + [steps_text(plan, verbose=verbose, width=width)])
+
+
+def _wrap_line(text: str, width: int) -> list[str]:
+    return textwrap.wrap(_s(text), width, subsequent_indent="    ", break_long_words=True,
+                         break_on_hyphens=False) or [""]
 
 
 def explain_text(info: dict) -> str:

@@ -69,5 +69,5 @@ def test_format_is_detected_from_bytes_not_the_name(cli, tmp_path):
 
 
 def test_default_output_format_follows_the_input(cli, tmp_path):
-    out = apply(cli, tmp_path, "rules:\n  - add_prefix: conv.\n", SEED, "o.weights")
+    out = apply(cli, tmp_path, "rules:\n  - add_prefix: conv.\n", SEED, "o_weights")  # no suffix (an unknown one is refused)
     assert torch.load(out, weights_only=True)["conv.bias"].shape == (10,)  # PyTorch in, PyTorch out
