@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from . import layers as L
 from . import target as targets
-from .errors import CkptfixError, DoesNotFit
+from .errors import CkptfixError, DoesNotFit, exit_code_for, message_for
 from .execute import check_output, execute, inputs_of, output_format
 from .formats import open_checkpoint
 from .plan import Fit, Plan, count_params, fit_report, make_plan
@@ -184,13 +184,13 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
     except CkptfixError as e:
         if raise_on_error:
             raise
-        res.error, res.exit_code, res.ok = str(e), e.exit_code, False
+        res.error, res.exit_code, res.ok = message_for(e), exit_code_for(e), False
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # a failure mode not mapped yet: still a result, never a crash of the batch
         if raise_on_error:
             raise
-        res.error, res.exit_code, res.ok = f"{path}: internal error: {type(e).__name__}: {e}", 2, False
+        res.error, res.exit_code, res.ok = f"{path}: {message_for(e)}", exit_code_for(e), False
     finally:
         res.seconds = time.perf_counter() - t0
     return res
