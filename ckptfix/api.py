@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 from . import layers as L
 from . import target as targets
-from .errors import CkptfixError, DoesNotFit
+from .errors import CkptfixError, DoesNotFit, exit_code_for, message_for
 from .execute import check_output, check_output_name, execute, inputs_of, output_format
 from .formats import open_checkpoint
 from .plan import Fit, Plan, count_params, fit_report, make_plan
@@ -84,9 +84,18 @@ def diff(path: str | Path, target, *, target_kwargs: dict | None = None, opts: O
     return fit_report(metas, tgt)
 
 
-def compose_rules(refs: Iterable[str | Path | RulesFile]) -> RulesFile:
-    """Several rules files applied in order; the last one naming a target wins."""
-    files = [ref if isinstance(ref, RulesFile) else load_rules(ref) for ref in refs]
+def _rule_refs(refs) -> list:
+    """One rules reference (a path, a preset name or a RulesFile) or several, as a list: a single
+    string is one reference, never iterated character by character."""
+    if isinstance(refs, (str, Path, RulesFile)):
+        return [refs]
+    return list(refs)
+
+
+def compose_rules(refs: str | Path | RulesFile | Iterable[str | Path | RulesFile]) -> RulesFile:
+    """Several rules files applied in order; the last one naming a target wins. ``refs`` is one
+    reference or an iterable of them (``"seed-pad-conv"`` and ``["seed-pad-conv"]`` are the same)."""
+    files = [ref if isinstance(ref, RulesFile) else load_rules(ref) for ref in _rule_refs(refs)]
     merged = RulesFile(rules=[r for f in files for r in f.rules], source=", ".join(f.source for f in files),
                        layer_classes={k: v for f in files for k, v in (f.layer_classes or {}).items()} or None,
                        files=[p for f in files for p in f.files])
@@ -147,7 +156,7 @@ class _CallerError(Exception):
         self.error = error
 
 
-def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | RulesFile, out: str | Path | None = None,
+def apply_file(path: str | Path, rules: str | Path | RulesFile | Iterable[str | Path | RulesFile], out: str | Path | None = None,
                *, target=None, target_kwargs: dict | None = None, fmt: str | None = None,
                dry_run: bool = False, force: bool = False, shard_size: int | None = None,
                opts: Options | None = None, raise_on_error: bool = False, progress=None,
@@ -203,13 +212,13 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
     except CkptfixError as e:
         if raise_on_error:
             raise
-        res.error, res.exit_code, res.ok = str(e), e.exit_code, False
+        res.error, res.exit_code, res.ok = message_for(e), exit_code_for(e), False
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # a failure mode not mapped yet: still a result, never a crash of the batch
         if raise_on_error:
             raise
-        res.error, res.exit_code, res.ok = f"{path}: internal error: {type(e).__name__}: {e}", 2, False
+        res.error, res.exit_code, res.ok = f"{path}: {message_for(e)}", exit_code_for(e), False
     finally:
         res.seconds = time.perf_counter() - t0
     return res
@@ -218,7 +227,7 @@ def apply_file(path: str | Path, rules: Iterable[str | Path | RulesFile] | Rules
 def check_file(path: str | Path, target=None, rules: Iterable = (), *, target_kwargs: dict | None = None,
                opts: Options | None = None) -> Result:
     """Does ``path`` (after ``rules``, if any) fit ``target``? Never writes."""
-    res = apply_file(path, list(rules), None, target=target, target_kwargs=target_kwargs, dry_run=True, opts=opts)
+    res = apply_file(path, _rule_refs(rules), None, target=target, target_kwargs=target_kwargs, dry_run=True, opts=opts)
     if res.ok and res.fits is None:
         res.ok, res.exit_code, res.error = False, 2, "check needs a target (--target, or a rules file with one)"
     return res

@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from .errors import (EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_DOES_NOT_FIT, EXIT_INTERRUPTED, EXIT_OK, CkptfixError,
-                     UsageError, one_line, printable)
+                     UsageError, exit_code_for, message_for, one_line, printable)
 from .batch import DEFAULT_TIMEOUT
 from .progress import Bar
 
@@ -51,21 +51,17 @@ def _run(fn, *args, **kwargs) -> int:
         code = fn(*args, **kwargs)
         sys.stdout.flush()  # a reader that went away is seen here, not at the interpreter's exit
         return EXIT_OK if code is None else code
-    except CkptfixError as e:
-        if _state["debug"]:
-            raise
-        _err(str(e))
-        return e.exit_code
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return EXIT_INTERRUPTED
-    except Exception as e:  # a bug, or a failure mode we have not mapped yet
-        if isinstance(e, OSError) and e.errno == errno.EPIPE:  # BrokenPipeError, or EPIPE raw
+    except BaseException as e:
+        if not isinstance(e, Exception) and not isinstance(e, KeyboardInterrupt):
+            raise  # SystemExit, typer.Exit: not failures of ours
+        code = exit_code_for(e)  # the one exception -> exit-code map (ckptfix.errors)
+        if code == EXIT_BROKEN_PIPE:
             return _reader_gone()
-        if _state["debug"]:
+        if _state["debug"] and not isinstance(e, KeyboardInterrupt):
             raise
-        _err(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
-        return EXIT_BAD_INPUT
+        hint = "" if isinstance(e, (CkptfixError, KeyboardInterrupt)) else " (run with --debug for the traceback)"
+        _err(message_for(e) + hint)
+        return code
 
 
 def _reader_gone() -> int:

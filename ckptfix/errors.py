@@ -1,11 +1,13 @@
 """One exception hierarchy; every error knows its exit code.
 
-Library code raises these; only the CLI turns them into a message on stderr and an exit code
-(see ``ckptfix.cli``). The exit codes are defined here and nowhere else.
+Library code raises these; the CLI turns them into a message on stderr and an exit code
+(``ckptfix.cli._run``), ``api.apply_file`` into a ``Result``. Both ask ``exit_code_for``: the exit
+codes, and which exception gets which, are defined here and nowhere else.
 """
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -105,3 +107,32 @@ class DoesNotFit(CkptfixError):
     """The plan ran, but the result does not fit the target (or an ``expect:`` failed)."""
 
     exit_code = EXIT_DOES_NOT_FIT
+
+
+def broken_pipe(exc: BaseException) -> bool:
+    """stdout's reader went away (``ckptfix inspect x | head -1``): BrokenPipeError, or EPIPE raw."""
+    return isinstance(exc, OSError) and exc.errno == errno.EPIPE
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for ``exc``: the one map from exceptions to exit codes.
+
+    A ``CkptfixError`` carries its own (``DoesNotFit`` 1, the others 2); an interrupt is 130; a
+    broken pipe 141 (as a shell reports a writer killed by SIGPIPE); anything else (a bug, a failure
+    mode not mapped yet, a command-line usage error) is 2."""
+    if isinstance(exc, CkptfixError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if broken_pipe(exc):
+        return EXIT_BROKEN_PIPE
+    return EXIT_BAD_INPUT
+
+
+def message_for(exc: BaseException) -> str:
+    """The one-line message for ``exc`` (a ``CkptfixError``'s own; anything else is an internal error)."""
+    if isinstance(exc, CkptfixError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"internal error: {type(exc).__name__}: {exc}"
